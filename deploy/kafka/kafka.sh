@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Single-node Apache Kafka (KRaft, broker+controller) on loopback, assembled from the
+# official jars on Maven Central and run with the machine's JDK. No Docker.
+#
+#   deploy/kafka/kafka.sh fetch     resolve the jars into deploy/kafka/.dist (cached)
+#   deploy/kafka/kafka.sh start     format storage if needed, start, wait until ready (no-op if running)
+#   deploy/kafka/kafka.sh stop      stop cleanly (SIGTERM, then SIGKILL after a grace period)
+#   deploy/kafka/kafka.sh status    exit 0 if the broker answers, 1 otherwise
+#   deploy/kafka/kafka.sh reset     stop and delete the data directory
+#
+# Environment: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_DATA_DIR
+# (deploy/kafka/.data), KAFKA_HEAP_OPTS (-Xms256m -Xmx1g), KAFKA_START_TIMEOUT (90 s).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+version="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/pom.xml")"
+dist="$here/.dist/kafka-$version"
+port="${KAFKA_PORT:-9092}"
+cport="${KAFKA_CONTROLLER_PORT:-9093}"
+data="${KAFKA_DATA_DIR:-$here/.data}"
+pidfile="$data/kafka.pid"
+logfile="$data/server.log"
+heap="${KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}"
+timeout="${KAFKA_START_TIMEOUT:-90}"
+
+log() { echo "[kafka] $*" >&2; }
+
+fetch() {
+  if [ -f "$dist/.complete" ]; then return 0; fi
+  command -v mvn >/dev/null || { log "Maven (mvn) is required to fetch Kafka"; exit 1; }
+  log "resolving Apache Kafka $version from Maven Central"
+  rm -rf "$dist"
+  mkdir -p "$dist/libs"
+  mvn -q -B -Dstyle.color=never -f "$here/pom.xml" dependency:copy-dependencies \
+    -DoutputDirectory="$dist/libs" -DincludeScope=runtime >&2
+  touch "$dist/.complete"
+}
+
+running_pid() {
+  # The pid file may be stale (killed run, rebooted machine, pid reused): trust it only
+  # when that pid is a live Kafka JVM started from this data directory.
+  [ -f "$pidfile" ] || return 1
+  local pid
+  pid="$(cat "$pidfile")"
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
+     tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "kafka.Kafka $data/server.properties"; then
+    echo "$pid"
+    return 0
+  fi
+  rm -f "$pidfile"
+  return 1
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+write_config() {
+  mkdir -p "$data/logs"
+  cat >"$data/server.properties" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$data/logs
+num.partitions=3
+default.replication.factor=1
+min.insync.replicas=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+# Topics come from Loopline's topic catalogue; a typo must fail, not create a topic.
+auto.create.topics.enable=false
+group.initial.rebalance.delay.ms=0
+log.retention.hours=168
+EOF
+  cat >"$data/log4j2.properties" <<EOF
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = $logfile
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.apache.name = org.apache.kafka
+logger.apache.level = WARN
+EOF
+}
+
+# shellcheck disable=SC2206  # heap holds several JVM flags
+java_argv=("${JAVA_HOME:+$JAVA_HOME/bin/}java" $heap -XX:+UseG1GC -Djava.awt.headless=true
+  -Dlog4j2.configurationFile="$data/log4j2.properties" -cp "$dist/libs/*")
+run_java() { "${java_argv[@]}" "$@"; }
+
+start() {
+  if pid="$(running_pid)"; then
+    log "already running (pid $pid) on 127.0.0.1:$port"
+    return 0
+  fi
+  if port_open "$port"; then
+    log "port $port is taken by another process; set KAFKA_PORT"
+    exit 1
+  fi
+  fetch
+  write_config
+  # A fresh log per run, so the readiness check below cannot match an old "started".
+  if [ -f "$logfile" ]; then mv "$logfile" "$logfile.1"; fi
+  if [ ! -f "$data/logs/meta.properties" ]; then
+    log "formatting storage in $data"
+    local cluster_id
+    cluster_id="$(run_java kafka.tools.StorageTool random-uuid)"
+    run_java kafka.tools.StorageTool format -t "$cluster_id" \
+      -c "$data/server.properties" --ignore-formatted >>"$logfile" 2>&1
+  fi
+  # A run that was killed leaves its lock file and maybe a half-written segment; Kafka
+  # recovers both on start, so the data directory is reused as is.
+  : >"$data/stdout.log"
+  nohup "${java_argv[@]}" kafka.Kafka "$data/server.properties" >>"$data/stdout.log" 2>&1 &
+  echo $! >"$pidfile"
+  log "starting Apache Kafka $version (pid $!) on 127.0.0.1:$port, data in $data"
+  local waited=0
+  until port_open "$port" && grep -q "Kafka Server started" "$logfile" 2>/dev/null; do
+    if ! running_pid >/dev/null; then
+      log "broker exited during start; last lines of $data/stdout.log and $logfile:"
+      tail -n 20 "$data/stdout.log" "$logfile" >&2 || true
+      exit 1
+    fi
+    if [ "$waited" -ge "$((timeout * 5))" ]; then
+      log "broker not ready after ${timeout}s"
+      tail -n 20 "$logfile" >&2 || true
+      exit 1
+    fi
+    sleep 0.2
+    waited=$((waited + 1))
+  done
+  log "ready on 127.0.0.1:$port"
+}
+
+stop() {
+  local pid
+  if ! pid="$(running_pid)"; then
+    log "not running"
+    return 0
+  fi
+  kill -TERM "$pid"
+  for _ in $(seq 1 150); do
+    kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; log "stopped"; return 0; }
+    sleep 0.2
+  done
+  log "no clean stop after 30s; killing"
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$pidfile"
+}
+
+case "${1:-}" in
+  fetch) fetch ;;
+  start) start ;;
+  stop) stop ;;
+  restart) stop; start ;;
+  status) running_pid >/dev/null && port_open "$port" ;;
+  reset) stop; rm -rf "$data"; log "deleted $data" ;;
+  *) echo "usage: $0 {fetch|start|stop|restart|status|reset}" >&2; exit 2 ;;
+esac
