@@ -1,0 +1,1 @@
+"""Ingest: HTTP and direct-Kafka data collection, validated against the pipeline spec."""

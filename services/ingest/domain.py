@@ -1,0 +1,147 @@
+"""Ingest domain logic: decode request bodies and raw records, validate, build what to produce.
+
+Plain functions without I/O, so tests call them directly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from aiokafka import ConsumerRecord
+
+from shared.errors import ValidationFailed
+from shared.events import EventValidator, derived_event_id
+from shared.serialization import dumps, loads
+
+Kind = Literal["event", "label"]
+
+
+class BadRequest(Exception):
+    """The body as a whole cannot be read (maps to 400/413/415)."""
+
+    def __init__(self, status: int, reason: str):
+        self.status = status
+        super().__init__(reason)
+
+
+@dataclass
+class Outgoing:
+    """One record to produce: key, serialized value, and the id reported back to the client."""
+
+    key: bytes
+    value: bytes
+    event_id: str
+
+
+@dataclass
+class Rejection:
+    index: int
+    field: str
+    reason: str
+    code: str
+
+    def public(self) -> dict[str, Any]:
+        return {"index": self.index, "field": self.field, "reason": self.reason, "code": self.code}
+
+
+@dataclass
+class Checked:
+    accepted: list[Outgoing] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+def decode_body(body: bytes, content_type: str, max_items: int) -> list[Any]:
+    """JSON object, JSON array or NDJSON into a list of items; an NDJSON line that is not JSON
+    becomes a `ValidationFailed` item so the rest of the batch still goes through."""
+    media = content_type.split(";")[0].strip().lower()
+    if media in ("application/x-ndjson", "application/ndjson", "application/jsonl"):
+        lines = [ln for ln in body.split(b"\n") if ln.strip()]
+        if len(lines) > max_items:
+            raise BadRequest(413, f"batch has {len(lines)} events; the limit is {max_items}")
+        items: list[Any] = []
+        for number, line in enumerate(lines, 1):
+            try:
+                items.append(loads(line))
+            except ValueError as exc:
+                items.append(ValidationFailed([{"field": "", "code": "invalid_json",
+                                                "reason": f"line {number} is not valid JSON: {exc}"}]))
+        if not items:
+            raise BadRequest(422, "the body holds no events")
+        return items
+    if media not in ("application/json", ""):
+        raise BadRequest(415, f"unsupported content type '{media}'; use application/json or application/x-ndjson")
+    try:
+        data = loads(body)
+    except ValueError as exc:
+        raise BadRequest(400, f"body is not valid JSON (NaN and Infinity are not JSON): {exc}") from None
+    items = data if isinstance(data, list) else [data]
+    if not items:
+        raise BadRequest(422, "the body holds no events")
+    if len(items) > max_items:
+        raise BadRequest(413, f"batch has {len(items)} events; the limit is {max_items}")
+    return items
+
+
+def check_events(validator: EventValidator, items: list[Any], *, source: str, now: datetime) -> Checked:
+    """Validate each item; good ones become `Event` records keyed by entity (or event_id)."""
+    out = Checked()
+    for index, item in enumerate(items):
+        try:
+            if isinstance(item, ValidationFailed):
+                raise item
+            fields = validator.validate(item)
+        except ValidationFailed as exc:
+            out.rejected.extend(Rejection(index, e["field"], e["reason"], e["code"]) for e in exc.errors)
+            continue
+        record = validator.envelope(fields, source=source, ingested_at=now)
+        key = record["entity"] if record["entity"] is not None else record["event_id"]
+        out.accepted.append(Outgoing(key.encode(), dumps(record), record["event_id"]))
+    return out
+
+
+def check_labels(validator: EventValidator, items: list[Any], *, source: str, now: datetime) -> Checked:
+    """Validate each item as a label; good ones become `Label` records keyed by the target event id."""
+    out = Checked()
+    for index, item in enumerate(items):
+        try:
+            if isinstance(item, ValidationFailed):
+                raise item
+            record = validator.label(item, source=source, now=now)
+        except ValidationFailed as exc:
+            out.rejected.extend(Rejection(index, e["field"], e["reason"], e["code"]) for e in exc.errors)
+            continue
+        out.accepted.append(Outgoing(record["target_event_id"].encode(), dumps(record), record["event_id"]))
+    return out
+
+
+@dataclass
+class RawOutcome:
+    """What a raw-topic record turns into: a record for events/labels, or a dead letter."""
+
+    record: ConsumerRecord
+    kind: Kind
+    outgoing: Outgoing | None = None
+    error: ValidationFailed | None = None
+
+
+def check_raw(validator: EventValidator, record: ConsumerRecord, kind: Kind, now: datetime) -> RawOutcome:
+    """Validate one record a producer wrote to events.raw or labels.raw."""
+    try:
+        try:
+            item = loads(record.value) if record.value is not None else None
+        except ValueError as exc:
+            raise ValidationFailed([{"field": "", "code": "invalid_json",
+                                     "reason": f"value is not valid JSON: {exc}"}]) from None
+        if kind == "label":
+            checked = validator.label(item, source="kafka", now=now)
+            key = checked["target_event_id"]
+        else:
+            fields = validator.validate(item)
+            checked = validator.envelope(
+                fields, source="kafka", ingested_at=now,
+                event_id=derived_event_id(record.topic, record.partition, record.offset))
+            key = checked["entity"] if checked["entity"] is not None else checked["event_id"]
+    except ValidationFailed as exc:
+        return RawOutcome(record, kind, error=exc)
+    return RawOutcome(record, kind, outgoing=Outgoing(key.encode(), dumps(checked), checked["event_id"]))

@@ -1,0 +1,27 @@
+"""One error hierarchy for Loopline."""
+
+
+class LooplineError(Exception):
+    """Root of every error Loopline raises on purpose."""
+
+
+class SpecError(LooplineError):
+    """The pipeline spec is invalid; the message names the YAML path and the reason."""
+
+
+class ValidationFailed(LooplineError):
+    """An input record does not satisfy its schema (goes to a 4xx or the dead-letter topic)."""
+
+    def __init__(self, errors: list[dict]):
+        self.errors = errors
+        first = errors[0] if errors else {"field": "", "reason": "invalid"}
+        super().__init__(f"{first['field'] or '<record>'}: {first['reason']}")
+
+    @property
+    def reason_code(self) -> str:
+        """A bounded code for metrics and dead-letter headers."""
+        return self.errors[0].get("code", "invalid") if self.errors else "invalid"
+
+
+class KafkaUnavailable(LooplineError):
+    """The broker did not acknowledge in time; the caller should retry later."""

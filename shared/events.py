@@ -1,0 +1,307 @@
+"""Event schemas on the wire: explicit, versioned JSON with an envelope; never pickles or class paths.
+
+Every record a Loopline service produces is one of the models below, serialized with
+`shared.serialization.dumps`. Consumers dedup by `event_id`.
+"""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    ValidationError,
+    create_model,
+)
+
+from shared.errors import ValidationFailed
+from shared.spec import FieldSpec, LabelSpec, PipelineSpec
+
+SCHEMA_VERSION = 1
+_ID_NAMESPACE = uuid.UUID("6f1c7d1e-5a4b-4c1a-9d55-0a4c1e0b9f10")
+EventId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")]
+
+
+class Wire(BaseModel):
+    """Base of every wire model: strict about unknown fields, no NaN/inf."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+
+class Envelope(Wire):
+    event_id: EventId = Field(description="Unique id; consumers drop a repeated id (idempotency key)")
+    type: str = Field(description="Event type, e.g. the spec's event type, 'label', 'snapshot'")
+    schema_version: int = Field(SCHEMA_VERSION, ge=1, description="Version of this record's schema")
+    occurred_at: datetime = Field(description="Event time (UTC)")
+
+
+# ---------------------------------------------------------------- ingest → events, labels
+
+class Event(Envelope):
+    """A validated domain event (topic `events`), keyed by entity (or event_id without entities)."""
+
+    entity: str | None = Field(None, description="Entity key value, if the spec declares an entity")
+    ingested_at: datetime = Field(description="When ingest accepted it (UTC)")
+    source: Literal["http", "kafka", "replay"] = Field(description="Which ingest path accepted it")
+    data: dict[str, Any] = Field(description="The event's fields, validated against the spec")
+
+
+class LabelIn(Wire):
+    """What a client sends to POST /v1/labels (or to the labels.raw topic)."""
+
+    event_id: EventId = Field(description="Id of the event this outcome belongs to")
+    value: StrictBool | StrictInt | float | StrictStr = Field(description="The outcome")
+    observed_at: datetime | None = Field(None, description="When the outcome became known; default now")
+    entity: str | None = Field(None, max_length=256, description="Entity of the event, if known")
+
+
+class Label(Envelope):
+    """A validated outcome (topic `labels`), keyed by the event id it refers to."""
+
+    type: Literal["label"] = "label"
+    target_event_id: EventId = Field(description="The event this label belongs to")
+    value: bool | int | float | str = Field(description="The outcome, typed per the spec's label")
+    entity: str | None = None
+    ingested_at: datetime
+    source: Literal["http", "kafka", "replay"]
+
+
+def label_id(target_event_id: str) -> str:
+    """Deterministic label id: a re-sent label for the same event is a duplicate, not a second label."""
+    return str(uuid.uuid5(_ID_NAMESPACE, f"label:{target_event_id}"))
+
+
+def derived_event_id(topic: str, partition: int, offset: int) -> str:
+    """Stable id for a raw record sent without one, so a redelivered record keeps its id."""
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{topic}:{partition}:{offset}"))
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+# ---------------------------------------------------------------- features → features, training-examples
+
+class FeatureSnapshot(Envelope):
+    """Point-in-time features of an entity just before one of its events (topic `features`)."""
+
+    type: Literal["snapshot"] = "snapshot"
+    entity: str | None
+    feature_hash: str = Field(description="Digest of the feature definitions that produced it")
+    features: dict[str, float | int | None] = Field(description="Feature values from strictly earlier events")
+    data: dict[str, Any] = Field(description="The event's own fields")
+
+
+class TrainingExample(Envelope):
+    """A snapshot joined with its label (topic `training-examples`); event_id is the event's id."""
+
+    type: Literal["training_example"] = "training_example"
+    entity: str | None
+    feature_hash: str
+    features: dict[str, float | int | None]
+    data: dict[str, Any]
+    label: bool | int | float | str
+    labelled_at: datetime
+
+
+# ---------------------------------------------------------------- trainer → models
+
+class ModelRecord(Wire):
+    """One registry entry (compacted topic `models`, key '<model name>:<version>' or '<name>:stage')."""
+
+    name: str
+    version: int = Field(ge=1)
+    stage: Literal["candidate", "shadow", "canary", "production", "archived", "rejected"]
+    library: Literal["river", "sklearn"]
+    algorithm: str
+    artifact_uri: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    signature: str | None = None
+    metrics: dict[str, float]
+    feature_hash: str
+    features: list[str]
+    params: dict[str, Any]
+    data_range: dict[str, Any] = Field(description="Topic offsets or event-time range trained on")
+    code_version: str
+    created_at: datetime
+    parent_version: int | None = None
+
+
+# ---------------------------------------------------------------- serving → predictions
+
+class Prediction(Envelope):
+    """Every prediction served (topic `predictions`), with the model and features it used."""
+
+    type: Literal["prediction"] = "prediction"
+    entity: str | None
+    model_name: str
+    model_version: int
+    variant: Literal["champion", "shadow", "canary"] = "champion"
+    score: float | None = None
+    predicted: bool | int | float | str
+    features: dict[str, float | int | None]
+    feature_hash: str
+    latency_ms: float = Field(ge=0)
+
+
+# ---------------------------------------------------------------- monitor → alerts
+
+class Alert(Wire):
+    """A monitor finding (topic `alerts`, key = fingerprint; a resolve reuses the fingerprint)."""
+
+    fingerprint: str
+    kind: Literal["data_drift", "prediction_drift", "concept_drift", "performance", "bias", "skew"]
+    status: Literal["firing", "resolved"]
+    severity: Literal["info", "warning", "critical"]
+    subject: str = Field(description="Feature, segment or model the alert is about")
+    value: float
+    threshold: float
+    model_name: str | None = None
+    model_version: int | None = None
+    started_at: datetime
+    updated_at: datetime
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- validation of incoming events
+
+_CODES = {
+    "missing": "missing",
+    "extra_forbidden": "unknown_field",
+    "literal_error": "not_allowed_value",
+    "string_too_long": "too_long",
+    "string_too_short": "too_short",
+    "string_pattern_mismatch": "bad_format",
+    "finite_number": "not_finite",
+    "greater_than_equal": "out_of_range",
+    "less_than_equal": "out_of_range",
+    "greater_than": "out_of_range",
+    "less_than": "out_of_range",
+    "model_type": "not_an_object",
+    "dict_type": "not_an_object",
+}
+REASON_CODES = frozenset(_CODES.values()) | {"wrong_type", "invalid", "invalid_json", "late"}
+
+
+def _reason_code(pydantic_type: str) -> str:
+    if pydantic_type in _CODES:
+        return _CODES[pydantic_type]
+    if pydantic_type.endswith(("_type", "_parsing")) or pydantic_type.startswith("datetime"):
+        return "wrong_type"
+    return "invalid"
+
+
+def validation_errors(exc: ValidationError) -> list[dict]:
+    """Pydantic errors as [{'field', 'reason', 'code'}] with a bounded code set."""
+    return [
+        {
+            "field": ".".join(str(p) for p in err["loc"]),
+            "reason": err["msg"],
+            "code": _reason_code(err["type"]),
+        }
+        for err in exc.errors(include_url=False)
+    ]
+
+
+def _annotation(spec: FieldSpec) -> Any:
+    bounds = {"ge": spec.min, "le": spec.max}
+    match spec.type:
+        case "string":
+            return Annotated[StrictStr, StringConstraints(max_length=spec.max_length)]
+        case "int":
+            return Annotated[StrictInt, Field(**bounds)]
+        case "float":
+            return Annotated[float, Field(allow_inf_nan=False, strict=False, **bounds)]
+        case "bool":
+            return StrictBool
+        case "category":
+            return Literal[tuple(spec.values)]  # type: ignore[misc]
+        case "timestamp":
+            return datetime
+
+
+class EventValidator:
+    """Validates raw event dicts against the spec and wraps them into `Event` envelopes."""
+
+    def __init__(self, spec: PipelineSpec):
+        self.spec = spec
+        fields: dict[str, Any] = {"event_id": (EventId | None, None)}
+        for name, fspec in spec.event.fields.items():
+            ann = _annotation(fspec)
+            fields[name] = (ann, ...) if fspec.required else (ann | None, None)
+        self.model = create_model(  # type: ignore[call-overload]
+            f"{spec.event.type}_in",
+            __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
+            **fields,
+        )
+        self.time_field = spec.event.time_field
+        self.entity_key = spec.entity.key if spec.entity else None
+        self.label_spec: LabelSpec = spec.label
+
+    def validate(self, raw: Any) -> dict[str, Any]:
+        """Return the normalized fields (JSON-ready) or raise ValidationFailed."""
+        try:
+            obj = self.model.model_validate(raw)
+        except ValidationError as exc:
+            raise ValidationFailed(validation_errors(exc)) from None
+        return obj.model_dump(mode="json", exclude_none=True)
+
+    def envelope(
+        self, fields: dict[str, Any], *, source: str, ingested_at: datetime, event_id: str | None = None
+    ) -> dict[str, Any]:
+        """The `Event` record as a JSON-ready dict (skips a second model pass on the hot path)."""
+        eid = fields.pop("event_id", None) or event_id or new_event_id()
+        entity = fields.get(self.entity_key) if self.entity_key else None
+        return {
+            "event_id": eid,
+            "type": self.spec.event.type,
+            "schema_version": self.spec.event.schema_version,
+            "occurred_at": fields[self.time_field],
+            "entity": None if entity is None else str(entity),
+            "ingested_at": ingested_at,
+            "source": source,
+            "data": fields,
+        }
+
+    def label(self, raw: Any, *, source: str, now: datetime) -> dict[str, Any]:
+        """Validate a label input against the spec's label type; return the `Label` record dict."""
+        try:
+            inp = LabelIn.model_validate(raw)
+        except ValidationError as exc:
+            raise ValidationFailed(validation_errors(exc)) from None
+        value = self._label_value(inp.value)
+        return Label(
+            event_id=label_id(inp.event_id),
+            occurred_at=inp.observed_at or now,
+            target_event_id=inp.event_id,
+            value=value,
+            entity=inp.entity,
+            ingested_at=now,
+            source=source,  # type: ignore[arg-type]
+        ).model_dump(mode="json")
+
+    def _label_value(self, value: Any) -> bool | int | float | str:
+        spec = self.label_spec
+        bad = None
+        if spec.type == "binary":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            bad = "a binary label must be true/false or 0/1"
+        elif spec.type == "multiclass":
+            if isinstance(value, str) and value in (spec.classes or []):
+                return value
+            bad = f"a multiclass label must be one of {spec.classes}"
+        else:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            bad = "a regression label must be a number"
+        raise ValidationFailed([{"field": "value", "reason": bad, "code": "not_allowed_value"}])

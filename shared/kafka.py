@@ -1,0 +1,161 @@
+"""Kafka plumbing shared by services: producer/consumer factories, topic creation, dead letters, health."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+
+from shared.errors import LooplineError
+from shared.settings import KafkaSettings
+from shared.topics import Topics
+
+log = logging.getLogger(__name__)
+
+_TOPIC_ALREADY_EXISTS = 36
+Headers = list[tuple[str, bytes]]
+
+
+def make_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+    """Idempotent producer with acks=all: an acknowledged record is on the broker, once."""
+    options: dict[str, Any] = {
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 2,
+        "max_batch_size": 256 * 1024,
+        "compression_type": None,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**kafka.client_kwargs(), **options)
+
+
+def make_consumer(kafka: KafkaSettings, *topics: str, group_id: str, **overrides: Any) -> AIOKafkaConsumer:
+    """Consumer that never auto-commits: callers commit after the work a batch covers is done."""
+    options: dict[str, Any] = {
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "isolation_level": "read_committed",
+        "max_poll_records": 1000,
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **kafka.client_kwargs(), **options)
+
+
+async def ensure_topics(kafka: KafkaSettings, topics: Topics, names: Iterable[str] | None = None,
+                        timeout_s: float = 60.0) -> list[str]:
+    """Create the catalogue's topics that do not exist yet (all of them by default); return those created."""
+    wanted = list(names) if names is not None else topics.all()
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await admin.start()
+            break
+        except KafkaError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in wanted if n not in existing]
+        if not missing:
+            return []
+        new = []
+        for name in missing:
+            spec = topics.spec_of(name)
+            new.append(NewTopic(name, spec.partitions, 1 if _single_broker(admin) else 3,
+                                topic_configs=spec.configs()))
+        resp = await admin.create_topics(new)
+        for topic_error in resp.topic_errors:
+            topic, code = topic_error[0], topic_error[1]
+            if code not in (0, _TOPIC_ALREADY_EXISTS):
+                raise LooplineError(f"cannot create topic {topic}: error {code} {topic_error[2:]}")
+        await _wait_for_leaders(admin, missing, deadline)
+        log.info("created topics", extra={"topics": missing})
+        return missing
+    finally:
+        await admin.close()
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], deadline: float) -> None:
+    """Creation returns before partition leaders are elected; clients that start earlier log errors."""
+    while time.monotonic() < deadline:
+        described = await admin.describe_topics(names)
+        if all(t["error_code"] == 0 and t["partitions"] and all(p["leader"] >= 0 for p in t["partitions"])
+               for t in described):
+            return
+        await asyncio.sleep(0.1)
+
+
+def _single_broker(admin: AIOKafkaAdminClient) -> bool:
+    return len(admin._client.cluster.brokers()) < 3  # noqa: SLF001 (no public accessor)
+
+
+async def kafka_reachable(producer: AIOKafkaProducer, timeout_s: float = 2.0) -> bool:
+    """True when the cluster answers a metadata request within the timeout."""
+    try:
+        await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout_s)
+        return True
+    except (KafkaError, asyncio.TimeoutError, OSError):
+        return False
+
+
+def dead_letter_headers(record: ConsumerRecord, error: Exception, service: str,
+                        reason_code: str) -> Headers:
+    """Headers naming where a rejected record came from and why it was rejected."""
+    return [
+        *(record.headers or ()),
+        ("dlq.source.topic", record.topic.encode()),
+        ("dlq.source.partition", str(record.partition).encode()),
+        ("dlq.source.offset", str(record.offset).encode()),
+        ("dlq.error.class", type(error).__name__.encode()),
+        ("dlq.error.code", reason_code.encode()),
+        ("dlq.error.message", str(error)[:4000].encode()),
+        ("dlq.service", service.encode()),
+        ("dlq.timestamp_ms", str(int(time.time() * 1000)).encode()),
+    ]
+
+
+def header_dict(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
+    return {k: v.decode(errors="replace") for k, v in (headers or ())}
+
+
+BatchHandler = Callable[[list[ConsumerRecord]], Awaitable[None]]
+
+
+async def consume_batches(consumer: AIOKafkaConsumer, handle: BatchHandler, *,
+                          stop: asyncio.Event, timeout_ms: int = 500,
+                          on_idle: Callable[[], None] | None = None) -> None:
+    """At-least-once loop: fetch a batch, let `handle` finish all its work, then commit it.
+
+    A crash before the commit means the batch is fetched again after restart, never skipped.
+    """
+    while not stop.is_set():
+        batches = await consumer.getmany(timeout_ms=timeout_ms)
+        if not batches:
+            if on_idle:
+                on_idle()
+            continue
+        records = [r for part in batches.values() for r in part]
+        await handle(records)
+        offsets = {tp: recs[-1].offset + 1 for tp, recs in batches.items()}
+        await consumer.commit(offsets)
+
+
+async def committed_lag(consumer: AIOKafkaConsumer) -> int:
+    """Records between the committed position and the end of each assigned partition."""
+    parts: set[TopicPartition] = consumer.assignment()
+    if not parts:
+        return 0
+    ends = await consumer.end_offsets(list(parts))
+    lag = 0
+    for tp in parts:
+        committed = await consumer.committed(tp)
+        lag += max(0, ends[tp] - (committed or 0))
+    return lag

@@ -1,0 +1,180 @@
+"""Test helpers: a real Kafka broker under the project's script, service processes, topic readers."""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from shared.settings import KafkaSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """A real single-node Kafka started with deploy/kafka/kafka.sh on free ports and a temp data dir."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.data = Path(tempfile.mkdtemp(prefix="loopline-test-kafka."))
+        self.env = {**os.environ, "KAFKA_PORT": str(self.port), "KAFKA_CONTROLLER_PORT": str(free_port()),
+                    "KAFKA_DATA_DIR": str(self.data), "KAFKA_HEAP_OPTS": "-Xms128m -Xmx512m"}
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _run(self, action: str) -> None:
+        subprocess.run([str(KAFKA_SH), action], env=self.env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def start(self) -> Broker:
+        self._run("start")
+        return self
+
+    def stop(self) -> None:
+        self._run("stop")
+
+    def kill(self) -> None:
+        """SIGKILL the broker (a crash, not a clean stop)."""
+        pid = int((self.data / "kafka.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        while _alive(pid):
+            time.sleep(0.05)
+
+    def destroy(self) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.data, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie counts as dead
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+class ServiceProcess:
+    """A Loopline service run as a real process (`python -m services.<name>`)."""
+
+    def __init__(self, module: str, env: dict[str, str], port: int | None = None, log_dir: Path | None = None):
+        self.module, self.port = module, port
+        self.env = {**os.environ, **env}
+        self.log_path = (log_dir or Path(tempfile.mkdtemp())) / f"{module.replace('.', '_')}.{time.time_ns()}.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait_ready: bool = True, timeout: float = 60.0) -> ServiceProcess:
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module], cwd=ROOT, env=self.env,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        wait_until(lambda: self._ready(), timeout, f"{self.module} ready (log: {self.log_path})")
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.module} exited with {self.proc.returncode}: {self.tail()}")
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hooks run, like a crash."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode if self.proc else None
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def read_topic(kafka: KafkaSettings, topic: str, *, expect: int | None = None,
+                     idle_s: float = 3.0, timeout_s: float = 60.0) -> list[ConsumerRecord]:
+    """Every record of a topic from the beginning (no consumer group): until `expect` records are
+    read, or, without `expect`, until nothing new arrived for `idle_s`."""
+    consumer = AIOKafkaConsumer(**kafka.client_kwargs(), enable_auto_commit=False,
+                                auto_offset_reset="earliest", isolation_level="read_committed")
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
+        if not parts:
+            parts = [TopicPartition(topic, p) for p in (await _partitions(consumer, topic))]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        out: list[ConsumerRecord] = []
+        deadline = time.monotonic() + timeout_s
+        last_new = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for recs in batch.values():
+                out.extend(recs)
+            if batch:
+                last_new = time.monotonic()
+            if expect is not None and len(out) >= expect:
+                break
+            if expect is None and time.monotonic() - last_new > idle_s:
+                break
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    for _ in range(50):
+        await consumer._client.force_metadata_update()  # noqa: SLF001
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return parts
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"topic {topic} has no partitions")
