@@ -10,7 +10,9 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -21,7 +23,10 @@ from pydantic import (
     create_model,
 )
 
+from pydantic_core import PydanticCustomError
+
 from shared.errors import ValidationFailed
+from shared.serialization import to_utc
 from shared.spec import FieldSpec, LabelSpec, PipelineSpec
 
 SCHEMA_VERSION = 1
@@ -210,6 +215,13 @@ def validation_errors(exc: ValidationError) -> list[dict]:
     ]
 
 
+def _number_only(value: Any) -> Any:
+    # JSON numbers only: lax float parsing would accept "12" and True.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PydanticCustomError("float_type", "Input should be a number")
+    return value
+
+
 def _annotation(spec: FieldSpec) -> Any:
     bounds = {"ge": spec.min, "le": spec.max}
     match spec.type:
@@ -218,13 +230,13 @@ def _annotation(spec: FieldSpec) -> Any:
         case "int":
             return Annotated[StrictInt, Field(**bounds)]
         case "float":
-            return Annotated[float, Field(allow_inf_nan=False, strict=False, **bounds)]
+            return Annotated[float, BeforeValidator(_number_only), Field(allow_inf_nan=False, **bounds)]
         case "bool":
             return StrictBool
         case "category":
             return Literal[tuple(spec.values)]  # type: ignore[misc]
         case "timestamp":
-            return datetime
+            return Annotated[datetime, AfterValidator(to_utc)]
 
 
 class EventValidator:

@@ -1,0 +1,208 @@
+"""Ingest against the real broker, run as a real process."""
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from shared.events import Event, Label, derived_event_id
+from shared.kafka import header_dict
+from shared.serialization import dumps, loads
+from tests.support import ServiceProcess, free_port, read_topic, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def txn(i: int, user: str | None = None, **extra) -> dict:
+    return {"event_id": f"ev-{i}", "user_id": user or f"u{i % 7}", "amount": round(10 + i * 0.5, 2),
+            "merchant_category": "fuel", "country": "DE", "channel": "web",
+            "ts": f"2026-11-26T10:{i // 60 % 60:02d}:{i % 60:02d}Z", **extra}
+
+
+@pytest.fixture
+def ingest(service_env, topics, tmp_path):
+    svc = ServiceProcess("services.ingest", {**service_env, "INGEST_PORT": str(port := free_port()),
+                                              "INGEST_MAX_BODY_BYTES": "65536", "INGEST_MAX_BATCH_EVENTS": "200"},
+                         port=port, log_dir=tmp_path).start()
+    yield svc
+    svc.stop()
+
+
+async def test_http_events_and_labels_reach_kafka_with_keys_and_payloads(ingest, kafka, topics):
+    r = httpx.post(f"{ingest.url}/v1/events", json=[txn(i) for i in range(100)])
+    assert r.status_code == 202, r.text
+    assert r.json()["accepted"] == 100 and r.json()["event_ids"] == [f"ev-{i}" for i in range(100)]
+    ndjson = b"\n".join(dumps(txn(i)) for i in range(100, 110))
+    r = httpx.post(f"{ingest.url}/v1/events", content=ndjson, headers={"content-type": "application/x-ndjson"})
+    assert r.status_code == 202 and r.json()["accepted"] == 10
+    r = httpx.post(f"{ingest.url}/v1/events", json={k: v for k, v in txn(110).items() if k != "event_id"})
+    assert r.status_code == 202
+    generated_id = r.json()["event_ids"][0]
+
+    records = await read_topic(kafka, topics["events"], expect=111)
+    assert len(records) == 111
+    events = {loads(r.value)["event_id"]: (r.key, Event.model_validate_json(r.value)) for r in records}
+    assert set(events) == {f"ev-{i}" for i in range(110)} | {generated_id}
+    key, ev = events["ev-15"]
+    assert key == b"u1" and ev.entity == "u1" and ev.source == "http" and ev.type == "transaction"
+    assert ev.data == {k: v for k, v in txn(15).items() if k != "event_id"} | {"amount": 17.5}
+    assert ev.occurred_at.isoformat() == "2026-11-26T10:00:15+00:00"
+    # one partition per entity keeps an entity's events in order
+    by_user = {}
+    for r in records:
+        by_user.setdefault(r.key, set()).add(r.partition)
+    assert all(len(p) == 1 for p in by_user.values())
+
+    r = httpx.post(f"{ingest.url}/v1/labels", json=[{"event_id": "ev-1", "value": True},
+                                                      {"event_id": "ev-2", "value": 0}])
+    assert r.status_code == 202
+    labels = [Label.model_validate_json(r.value) for r in await read_topic(kafka, topics["labels"], expect=2)]
+    assert sorted((lb.target_event_id, lb.value) for lb in labels) == [("ev-1", True), ("ev-2", False)]
+
+    metrics = httpx.get(f"{ingest.url}/metrics").text
+    assert 'loopline_ingest_accepted_total{kind="event",source="http"} 111.0' in metrics
+    assert 'loopline_ingest_accepted_total{kind="label",source="http"} 2.0' in metrics
+
+
+async def test_bad_input_gets_clear_errors_and_good_events_still_land(ingest, kafka, topics):
+    batch = [txn(0), txn(1, amount=-3), txn(2, colour="red"), txn(3)]
+    r = httpx.post(f"{ingest.url}/v1/events", json=batch)
+    assert r.status_code == 207
+    body = r.json()
+    assert body["accepted"] == 2 and body["event_ids"] == ["ev-0", "ev-3"]
+    assert [(x["index"], x["field"], x["code"]) for x in body["rejected"]] == [
+        (1, "amount", "out_of_range"), (2, "colour", "unknown_field")]
+    assert "greater than or equal to 0" in body["rejected"][0]["reason"]
+
+    r = httpx.post(f"{ingest.url}/v1/events", json=[txn(4, ts="noon")])
+    assert r.status_code == 422 and r.json()["rejected"][0]["field"] == "ts"
+    r = httpx.post(f"{ingest.url}/v1/events", content=b'[{"amount": NaN}]', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["detail"]
+    r = httpx.post(f"{ingest.url}/v1/events", content=b"x" * 70000, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    # no Content-Length (chunked): the limit still holds
+    r = httpx.post(f"{ingest.url}/v1/events", content=iter([b"[" + b" " * 40000, b" " * 40000 + b"]"]),
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    r = httpx.post(f"{ingest.url}/v1/events", json=[txn(i) for i in range(201)])
+    assert r.status_code == 413 and "limit is 200" in r.json()["detail"]
+    r = httpx.post(f"{ingest.url}/v1/events", content=b"a,b", headers={"content-type": "text/csv"})
+    assert r.status_code == 415
+
+    records = await read_topic(kafka, topics["events"], idle_s=2)
+    assert sorted(loads(r.value)["event_id"] for r in records) == ["ev-0", "ev-3"]
+    metrics = httpx.get(f"{ingest.url}/metrics").text
+    assert 'loopline_ingest_rejected_total{kind="event",reason="out_of_range",source="http"} 1.0' in metrics
+
+
+async def test_direct_kafka_producers_good_to_events_bad_to_dead_letters(ingest, kafka, topics):
+    producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all")
+    await producer.start()
+    sent = []
+    try:
+        for i in range(50):
+            md = await producer.send_and_wait(topics["events.raw"], dumps(txn(1000 + i)), key=b"k")
+            sent.append(md)
+        await producer.send_and_wait(topics["events.raw"], dumps({k: v for k, v in txn(2000).items()
+                                                                  if k != "event_id"}), key=b"k")
+        bad1 = await producer.send_and_wait(topics["events.raw"], b"{not json", key=b"b1",
+                                            headers=[("trace", b"abc")])
+        bad2 = await producer.send_and_wait(topics["events.raw"], dumps(txn(3000, channel="fax")), key=b"b2")
+        await producer.send_and_wait(topics["labels.raw"], dumps({"event_id": "ev-1000", "value": 1}))
+        bad3 = await producer.send_and_wait(topics["labels.raw"], dumps({"event_id": "ev-1000", "value": 7}))
+    finally:
+        await producer.stop()
+
+    events = await read_topic(kafka, topics["events"], expect=51)
+    ids = [loads(r.value)["event_id"] for r in events]
+    assert len(ids) == 51 and {f"ev-{1000 + i}" for i in range(50)} <= set(ids)
+    derived = (set(ids) - {f"ev-{1000 + i}" for i in range(50)}).pop()
+    assert derived.count("-") == 4  # a uuid derived from the raw record's topic/partition/offset
+    assert all(loads(r.value)["source"] == "kafka" for r in events)
+
+    dlq = await read_topic(kafka, topics["events.dlq"], expect=3)
+    by_key = {r.key: r for r in dlq}
+    assert set(by_key) == {b"b1", b"b2", None}
+    h1 = header_dict(by_key[b"b1"].headers)
+    assert by_key[b"b1"].value == b"{not json"
+    assert h1["dlq.source.topic"] == topics["events.raw"]
+    assert (h1["dlq.source.partition"], h1["dlq.source.offset"]) == (str(bad1.partition), str(bad1.offset))
+    assert h1["dlq.error.class"] == "ValidationFailed" and h1["dlq.error.code"] == "invalid_json"
+    assert "not valid JSON" in h1["dlq.error.message"] and h1["trace"] == "abc"
+    h2 = header_dict(by_key[b"b2"].headers)
+    assert h2["dlq.error.code"] == "not_allowed_value" and h2["dlq.error.message"].startswith("channel:")
+    assert h2["dlq.source.offset"] == str(bad2.offset)
+    h3 = header_dict(by_key[None].headers)
+    assert h3["dlq.source.topic"] == topics["labels.raw"] and h3["dlq.source.offset"] == str(bad3.offset)
+
+    labels = await read_topic(kafka, topics["labels"], expect=1)
+    assert Label.model_validate_json(labels[0].value).target_event_id == "ev-1000"
+    assert derived_event_id(topics["events.raw"], 0, 0)  # ids are deterministic per raw record
+
+
+async def test_restart_mid_stream_loses_no_acknowledged_event(service_env, topics, kafka, tmp_path):
+    port = free_port()
+    env = {**service_env, "INGEST_PORT": str(port)}
+    svc = ServiceProcess("services.ingest", env, port=port, log_dir=tmp_path).start()
+    acked: list[str] = []
+    stop = threading.Event()
+
+    def sender():
+        i = 0
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                batch = [txn(i + j) for j in range(20)]
+                try:
+                    r = client.post(f"{svc.url}/v1/events", json=batch)
+                except httpx.HTTPError:
+                    time.sleep(0.05)
+                    continue  # not acknowledged: the client may re-send; counting only acks below
+                if r.status_code == 202:
+                    acked.extend(r.json()["event_ids"])
+                    i += 20
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    try:
+        wait_until(lambda: len(acked) >= 400, 60, "first acks")
+        svc.kill()  # SIGKILL in the middle of the stream
+        before = len(acked)
+        svc.start()
+        wait_until(lambda: len(acked) >= before + 400, 60, "acks after restart")
+    finally:
+        stop.set()
+        thread.join()
+        svc.stop()
+    records = await read_topic(kafka, topics["events"], expect=len(acked), timeout_s=60)
+    landed = {loads(r.value)["event_id"] for r in records}
+    assert set(acked) <= landed, f"{len(set(acked) - landed)} acknowledged events missing"
+
+
+async def test_bridge_restart_mid_stream_loses_no_raw_record(service_env, topics, kafka, tmp_path):
+    n = 6000
+    producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(topics["events.raw"], dumps(txn(i)), key=str(i % 13).encode())
+                   for i in range(n)]
+        for f in futures:
+            await f
+    finally:
+        await producer.stop()
+    port = free_port()
+    svc = ServiceProcess("services.ingest", {**service_env, "INGEST_PORT": str(port)}, port=port,
+                         log_dir=tmp_path)
+    for _ in range(2):  # kill it twice while it is bridging
+        svc.start()
+        time.sleep(1.0)
+        svc.kill()
+    svc.start()
+    try:
+        records = await read_topic(kafka, topics["events"], expect=n, timeout_s=90)
+    finally:
+        svc.stop()
+    ids = {loads(r.value)["event_id"] for r in records}
+    assert ids == {f"ev-{i}" for i in range(n)}  # duplicates allowed (at-least-once), losses not

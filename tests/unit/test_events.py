@@ -1,0 +1,93 @@
+"""Event validation against the spec, envelopes, labels, and the topic catalogue."""
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from shared.errors import ValidationFailed
+from shared.events import Event, EventValidator, Label, derived_event_id, label_id
+from shared.spec import load_spec
+from shared.topics import CATALOGUE, Topics
+
+SPEC = load_spec("examples/fraud/pipeline.yaml")
+V = EventValidator(SPEC)
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+GOOD = {"user_id": "u1", "amount": 12.5, "merchant_category": "fuel", "country": "DE", "channel": "web",
+        "ts": "2026-11-26T10:00:00.250+01:00"}
+
+
+def errors_of(raw):
+    with pytest.raises(ValidationFailed) as err:
+        V.validate(raw)
+    return {(e["field"], e["code"]) for e in err.value.errors}
+
+
+def test_good_event_is_normalized_into_an_envelope():
+    fields = V.validate({**GOOD, "amount": 12, "event_id": "e-1"})
+    assert fields["amount"] == 12.0 and isinstance(fields["amount"], float)
+    assert fields["ts"] == "2026-11-26T09:00:00.250000Z"
+    record = V.envelope(fields, source="http", ingested_at=NOW)
+    event = Event.model_validate(record)
+    assert event.event_id == "e-1" and event.entity == "u1" and event.type == "transaction"
+    assert event.occurred_at == datetime(2026, 11, 26, 9, 0, 0, 250000, tzinfo=timezone.utc)
+    assert "event_id" not in event.data and event.data["merchant_category"] == "fuel"
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"amount": -1}, ("amount", "out_of_range")),
+    ({"amount": 50000.01}, ("amount", "out_of_range")),
+    ({"amount": float("nan")}, ("amount", "not_finite")),
+    ({"amount": float("inf")}, ("amount", "not_finite")),
+    ({"amount": "12"}, ("amount", "wrong_type")),
+    ({"merchant_category": "casino"}, ("merchant_category", "not_allowed_value")),
+    ({"user_id": 7}, ("user_id", "wrong_type")),
+    ({"user_id": "u" * 65}, ("user_id", "too_long")),
+    ({"ts": "yesterday"}, ("ts", "wrong_type")),
+    ({"colour": "red"}, ("colour", "unknown_field")),
+    ({"event_id": "has space"}, ("event_id", "bad_format")),
+])
+def test_bad_fields_name_field_and_reason(change, expected):
+    assert expected in errors_of({**GOOD, **change})
+
+
+def test_missing_and_non_object():
+    raw = dict(GOOD)
+    del raw["country"]
+    assert errors_of(raw) == {("country", "missing")}
+    assert errors_of([1, 2]) == {("", "not_an_object")}
+
+
+def test_labels_typed_by_spec_and_deterministic_id():
+    rec = V.label({"event_id": "e-1", "value": 1}, source="http", now=NOW)
+    label = Label.model_validate(rec)
+    assert label.value is True and label.target_event_id == "e-1"
+    assert label.event_id == label_id("e-1") == V.label({"event_id": "e-1", "value": True},
+                                                         source="kafka", now=NOW)["event_id"]
+    assert label.occurred_at == NOW
+    for bad in (2, "yes", 0.5):
+        with pytest.raises(ValidationFailed, match="binary label"):
+            V.label({"event_id": "e-1", "value": bad}, source="http", now=NOW)
+    with pytest.raises(ValidationFailed):
+        V.label({"value": True}, source="http", now=NOW)
+
+
+def test_derived_ids_are_stable():
+    assert derived_event_id("t", 1, 5) == derived_event_id("t", 1, 5) != derived_event_id("t", 1, 6)
+
+
+def test_catalogue_prefixing_and_unknown_topics():
+    t = Topics("x.")
+    assert t["events"] == "x.events" and t.spec_of("x.events") is CATALOGUE["events"]
+    assert CATALOGUE["models"].configs() == {"cleanup.policy": "compact", "retention.ms": "-1"}
+    with pytest.raises(KeyError, match="not in the catalogue"):
+        t["evnts"]
+
+
+def test_every_topic_used_in_code_is_in_the_catalogue():
+    """Services name topics as topics["..."]; each name must be catalogued."""
+    used = set()
+    for path in [*Path("services").rglob("*.py"), *Path("shared").rglob("*.py")]:
+        used |= set(re.findall(r'topics\["([^"]+)"\]', path.read_text()))
+    assert used, "no topic references found"
+    assert used <= set(CATALOGUE), used - set(CATALOGUE)

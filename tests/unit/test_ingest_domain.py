@@ -1,0 +1,70 @@
+"""Ingest's pure logic: body decoding and batch checks."""
+from datetime import datetime, timezone
+
+import pytest
+from aiokafka import ConsumerRecord
+
+from services.ingest.domain import BadRequest, check_events, check_labels, check_raw, decode_body
+from shared.events import EventValidator, derived_event_id
+from shared.serialization import dumps, loads
+from shared.spec import load_spec
+
+V = EventValidator(load_spec("examples/fraud/pipeline.yaml"))
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+GOOD = {"user_id": "u1", "amount": 12.5, "merchant_category": "fuel", "country": "DE", "channel": "web",
+        "ts": "2026-11-26T10:00:00Z"}
+
+
+def test_decode_object_array_and_ndjson():
+    assert decode_body(dumps(GOOD), "application/json", 10) == [GOOD]
+    assert decode_body(dumps([GOOD, GOOD]), "application/json; charset=utf-8", 10) == [GOOD, GOOD]
+    items = decode_body(dumps(GOOD) + b"\n\n{bad\n" + dumps(GOOD) + b"\n", "application/x-ndjson", 10)
+    assert items[0] == GOOD and items[2] == GOOD
+    assert "line 2 is not valid JSON" in str(items[1])
+
+
+@pytest.mark.parametrize("body, ctype, status", [
+    (b"{", "application/json", 400),
+    (b'{"amount": NaN}', "application/json", 400),
+    (b"[]", "application/json", 422),
+    (b"\n\n", "application/x-ndjson", 422),
+    (b"a,b", "text/csv", 415),
+    (dumps([GOOD] * 11), "application/json", 413),
+    (b"\n".join([dumps(GOOD)] * 11), "application/x-ndjson", 413),
+])
+def test_bad_bodies(body, ctype, status):
+    with pytest.raises(BadRequest) as err:
+        decode_body(body, ctype, 10)
+    assert err.value.status == status
+
+
+def test_partial_batch_keeps_good_events_and_indexes_bad_ones():
+    items = [GOOD, {**GOOD, "amount": -5}, {**GOOD, "event_id": "mine", "user_id": "u2"}]
+    checked = check_events(V, items, source="http", now=NOW)
+    assert [o.event_id for o in checked.accepted][1] == "mine"
+    assert [o.key for o in checked.accepted] == [b"u1", b"u2"]
+    assert [(r.index, r.field, r.code) for r in checked.rejected] == [(1, "amount", "out_of_range")]
+    record = loads(checked.accepted[1].value)
+    assert record["source"] == "http" and record["ingested_at"] == "2026-11-26T12:00:00Z"
+
+
+def test_labels_are_keyed_by_their_event():
+    checked = check_labels(V, [{"event_id": "e9", "value": False}, {"event_id": "e9"}], source="http", now=NOW)
+    assert [o.key for o in checked.accepted] == [b"e9"]
+    assert [(r.index, r.field, r.code) for r in checked.rejected] == [(1, "value", "missing")]
+
+
+def _record(value: bytes | None, topic="events.raw", offset=7) -> ConsumerRecord:
+    return ConsumerRecord(topic, 2, offset, 0, 0, b"k", value, None, 1, len(value or b""), [])
+
+
+def test_raw_records_get_a_stable_id_or_a_reason():
+    good = check_raw(V, _record(dumps(GOOD)), "event", NOW)
+    assert good.error is None and good.outgoing.event_id == derived_event_id("events.raw", 2, 7)
+    assert check_raw(V, _record(dumps(GOOD)), "event", NOW).outgoing.value == good.outgoing.value
+    bad = check_raw(V, _record(b"not json"), "event", NOW)
+    assert bad.outgoing is None and bad.error.reason_code == "invalid_json"
+    tomb = check_raw(V, _record(None), "event", NOW)
+    assert tomb.error.reason_code == "not_an_object"
+    label = check_raw(V, _record(dumps({"event_id": "e1", "value": 3}), "labels.raw"), "label", NOW)
+    assert label.error is not None and "binary label" in str(label.error)
