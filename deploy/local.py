@@ -1,0 +1,141 @@
+"""Run Loopline locally: Kafka, every service as a process, and the fraud example's traffic.
+
+    python -m deploy.local [--events N] [--keep]      (what `make demo` runs)
+
+Logs go to .run/logs/<service>.log. Without --keep everything is stopped at the end;
+with --keep the services (and Kafka) stay up until Ctrl-C.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
+RUN = ROOT / ".run"
+
+
+@dataclass
+class Service:
+    name: str
+    module: str
+    port: int
+    env: dict[str, str]
+
+
+SERVICES = [
+    Service("ingest", "services.ingest", 8001, {"INGEST_PORT": "8001"}),
+]
+
+
+def say(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+def start(svc: Service, base_env: dict[str, str]) -> subprocess.Popen:
+    log = open(RUN / "logs" / f"{svc.name}.log", "ab")
+    return subprocess.Popen([sys.executable, "-m", svc.module], cwd=ROOT, env={**base_env, **svc.env},
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_ready(svc: Service, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{svc.name} exited ({proc.returncode}); see .run/logs/{svc.name}.log")
+        try:
+            if httpx.get(f"http://127.0.0.1:{svc.port}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"{svc.name} not ready after {timeout}s; see .run/logs/{svc.name}.log")
+
+
+async def topic_counts(bootstrap: str, prefix: str, names: list[str]) -> dict[str, int]:
+    """Records per topic (end minus start offsets)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        out = {}
+        for name in names:
+            parts = [TopicPartition(prefix + name, p) for p in consumer.partitions_for_topic(prefix + name) or ()]
+            if not parts:
+                await consumer._client.force_metadata_update()  # noqa: SLF001
+                parts = [TopicPartition(prefix + name, p)
+                         for p in consumer.partitions_for_topic(prefix + name) or ()]
+            ends = await consumer.end_offsets(parts) if parts else {}
+            begins = await consumer.beginning_offsets(parts) if parts else {}
+            out[name] = sum(ends[p] - begins[p] for p in parts)
+        return out
+    finally:
+        await consumer.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=20_000, help="transactions to send")
+    parser.add_argument("--drift-at", type=int, default=None, help="event index where a new fraud pattern starts")
+    parser.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
+    parser.add_argument("--prefix", default=f"demo{int(time.time())}.", help="topic prefix of this run")
+    args = parser.parse_args()
+
+    (RUN / "logs").mkdir(parents=True, exist_ok=True)
+    kafka_was_up = subprocess.run([str(KAFKA_SH), "status"], check=False).returncode == 0
+    say("Kafka already running" if kafka_was_up else "starting Kafka")
+    subprocess.run([str(KAFKA_SH), "start"], check=True)
+    bootstrap = f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"
+    base_env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "LOOPLINE_TOPIC_PREFIX": args.prefix}
+    procs: list[tuple[Service, subprocess.Popen]] = []
+    try:
+        for svc in SERVICES:
+            say(f"starting {svc.name} on :{svc.port}")
+            proc = start(svc, base_env)
+            procs.append((svc, proc))
+            wait_ready(svc, proc)
+        say(f"all services ready; topics prefixed '{args.prefix}'; logs in .run/logs/")
+        cmd = [sys.executable, "examples/fraud/generate.py", "--events", str(args.events),
+               "--ingest-url", "http://127.0.0.1:8001"]
+        if args.drift_at is not None:
+            cmd += ["--drift-at", str(args.drift_at)]
+        say("sending the fraud example's transactions and labels: " + " ".join(cmd[1:]))
+        sent = subprocess.run(cmd, cwd=ROOT, env=base_env)
+        if sent.returncode != 0:
+            say("the traffic generator failed")
+            return sent.returncode
+        time.sleep(2)
+        counts = asyncio.run(topic_counts(bootstrap, args.prefix, ["events", "labels", "events.dlq"]))
+        say("records per topic: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+        if args.keep:
+            say("running; Ctrl-C stops everything")
+            try:
+                while all(p.poll() is None for _, p in procs):
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+        return 0
+    finally:
+        for svc, proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        say("services stopped")
+        if not kafka_was_up:
+            subprocess.run([str(KAFKA_SH), "stop"], check=False)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
