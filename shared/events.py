@@ -30,6 +30,9 @@ from shared.serialization import to_utc
 from shared.spec import FieldSpec, LabelSpec, PipelineSpec
 
 SCHEMA_VERSION = 1
+# Without an entity every event belongs to one global stream; one key keeps it in one
+# partition, in order, so stream state stays whole.
+GLOBAL_KEY = "__global__"
 _ID_NAMESPACE = uuid.UUID("6f1c7d1e-5a4b-4c1a-9d55-0a4c1e0b9f10")
 EventId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")]
 
@@ -50,7 +53,7 @@ class Envelope(Wire):
 # ---------------------------------------------------------------- ingest → events, labels
 
 class Event(Envelope):
-    """A validated domain event (topic `events`), keyed by entity (or event_id without entities)."""
+    """A validated domain event (topic `events`), keyed by entity (GLOBAL_KEY without entities)."""
 
     entity: str | None = Field(None, description="Entity key value, if the spec declares an entity")
     ingested_at: datetime = Field(description="When ingest accepted it (UTC)")
@@ -264,6 +267,10 @@ class EventValidator:
         except ValidationError as exc:
             raise ValidationFailed(validation_errors(exc)) from None
         return obj.model_dump(mode="json", exclude_none=True)
+
+    def kafka_key(self, record: dict[str, Any]) -> bytes:
+        """Partition key of an `Event` record: its entity, or GLOBAL_KEY without entities."""
+        return (record["entity"] if record["entity"] is not None else GLOBAL_KEY).encode()
 
     def envelope(
         self, fields: dict[str, Any], *, source: str, ingested_at: datetime, event_id: str | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -69,8 +69,7 @@ async def ensure_topics(kafka: KafkaSettings, topics: Topics, names: Iterable[st
         new = []
         for name in missing:
             spec = topics.spec_of(name)
-            new.append(NewTopic(name, spec.partitions, 1 if _single_broker(admin) else 3,
-                                topic_configs=spec.configs()))
+            new.append(NewTopic(name, spec.partitions, kafka.replication_factor, topic_configs=spec.configs()))
         resp = await admin.create_topics(new)
         for topic_error in resp.topic_errors:
             topic, code = topic_error[0], topic_error[1]
@@ -93,10 +92,6 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], deadli
         await asyncio.sleep(0.1)
 
 
-def _single_broker(admin: AIOKafkaAdminClient) -> bool:
-    return len(admin._client.cluster.brokers()) < 3  # noqa: SLF001 (no public accessor)
-
-
 async def kafka_reachable(producer: AIOKafkaProducer, timeout_s: float = 2.0) -> bool:
     """True when the cluster answers a metadata request within the timeout."""
     try:
@@ -106,11 +101,16 @@ async def kafka_reachable(producer: AIOKafkaProducer, timeout_s: float = 2.0) ->
         return False
 
 
-def dead_letter_headers(record: ConsumerRecord, error: Exception, service: str,
-                        reason_code: str) -> Headers:
-    """Headers naming where a rejected record came from and why it was rejected."""
+def dead_letter_headers(record: Any, error: Exception, service: str, reason_code: str) -> Headers:
+    """Headers naming where a rejected record came from and why it was rejected.
+
+    `record` is an aiokafka ConsumerRecord or a faust Message (topic, partition, offset, headers).
+    """
+    original = record.headers or ()
+    if isinstance(original, Mapping):
+        original = list(original.items())
     return [
-        *(record.headers or ()),
+        *original,
         ("dlq.source.topic", record.topic.encode()),
         ("dlq.source.partition", str(record.partition).encode()),
         ("dlq.source.offset", str(record.offset).encode()),

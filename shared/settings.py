@@ -24,6 +24,7 @@ class KafkaSettings(BaseSettings):
     ssl_keyfile_password: SecretStr | None = None
     client_id: str = "loopline"
     request_timeout_ms: int = Field(15_000, ge=1_000)
+    replication_factor: int = Field(1, ge=1, description="Replicas of the topics Loopline creates")
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments common to every aiokafka client."""

@@ -95,8 +95,7 @@ def check_events(validator: EventValidator, items: list[Any], *, source: str, no
             out.rejected.extend(Rejection(index, e["field"], e["reason"], e["code"]) for e in exc.errors)
             continue
         record = validator.envelope(fields, source=source, ingested_at=now)
-        key = record["entity"] if record["entity"] is not None else record["event_id"]
-        out.accepted.append(Outgoing(key.encode(), dumps(record), record["event_id"]))
+        out.accepted.append(Outgoing(validator.kafka_key(record), dumps(record), record["event_id"]))
     return out
 
 
@@ -135,13 +134,13 @@ def check_raw(validator: EventValidator, record: ConsumerRecord, kind: Kind, now
                                      "reason": f"value is not valid JSON: {exc}"}]) from None
         if kind == "label":
             checked = validator.label(item, source="kafka", now=now)
-            key = checked["target_event_id"]
+            key = checked["target_event_id"].encode()
         else:
             fields = validator.validate(item)
             checked = validator.envelope(
                 fields, source="kafka", ingested_at=now,
                 event_id=derived_event_id(record.topic, record.partition, record.offset))
-            key = checked["entity"] if checked["entity"] is not None else checked["event_id"]
+            key = validator.kafka_key(checked)
     except ValidationFailed as exc:
         return RawOutcome(record, kind, error=exc)
-    return RawOutcome(record, kind, outgoing=Outgoing(key.encode(), dumps(checked), checked["event_id"]))
+    return RawOutcome(record, kind, outgoing=Outgoing(key, dumps(checked), checked["event_id"]))

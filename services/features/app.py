@@ -1,0 +1,250 @@
+"""The faust app: agents for features and the label join, tables for their state, HTTP pages.
+
+`create_app(settings)` builds everything (nothing happens at import); `python -m services.features`
+runs it as a faust worker. Processing is at-least-once: faust flushes the producer (snapshots and
+table changelogs) before it commits offsets; a redelivered event is recognised by its event_id and
+re-emits an identical snapshot, which consumers dedup.
+"""
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.partitioner import murmur2
+from aiokafka.errors import KafkaError
+
+from services.features.config import FeaturesSettings
+from services.features.domain import LabelJoin, decode_entry, encode_entry, entity_key, process_event
+from services.features.metrics import FeaturesMetrics
+from services.features.offline import OfflineWriter
+from shared.features import FeatureEngine
+from shared.kafka import dead_letter_headers
+from shared.metrics import render
+from shared.offline import open_store
+from shared.serialization import dumps, loads, parse_time
+from shared.spec import load_spec
+from shared.topics import Topics
+
+log = logging.getLogger(__name__)
+SERVICE = "features"
+
+
+@dataclass
+class Progress:
+    """Committed position and lag of the stream, for /readyz and metrics."""
+
+    lag: int = -1
+    committed: int = -1
+    advanced_at: float = field(default_factory=time.monotonic)
+
+
+def faust_broker(settings: FeaturesSettings) -> dict[str, Any]:
+    """faust broker URL and credentials from the shared Kafka settings."""
+    k = settings.kafka
+    opts: dict[str, Any] = {"broker": [f"kafka://{h.strip()}" for h in k.bootstrap_servers.split(",")]}
+    kwargs = k.client_kwargs()
+    if k.security_protocol.startswith("SASL"):
+        opts["broker_credentials"] = faust.SASLCredentials(
+            username=kwargs["sasl_plain_username"], password=kwargs["sasl_plain_password"],
+            mechanism=kwargs["sasl_mechanism"], ssl_context=kwargs.get("ssl_context"))
+    elif k.security_protocol == "SSL":
+        opts["broker_credentials"] = faust.SSLCredentials(kwargs["ssl_context"])
+    return opts
+
+
+def create_app(settings: FeaturesSettings | None = None) -> faust.App:
+    settings = settings or FeaturesSettings()
+    spec = load_spec(settings.spec_path)
+    engine = FeatureEngine(spec)
+    joiner = LabelJoin(spec)
+    topics = Topics(settings.topic_prefix)
+    metrics = FeaturesMetrics()
+    partitions = topics.spec_of(topics["events"]).partitions
+
+    app = faust.App(
+        topics.group("features"),
+        **faust_broker(settings),
+        store=settings.store,
+        datadir=str(settings.data_dir),
+        topic_partitions=partitions,
+        topic_replication_factor=settings.kafka.replication_factor,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=settings.commit_interval_s,
+        producer_acks=-1,
+        key_serializer="raw",
+        value_serializer="raw",
+        web_enabled=True,
+        web_bind=settings.host,
+        web_port=settings.port,
+        web_host=settings.host,
+        stream_wait_empty=False,
+    )
+
+    def topic(base: str) -> faust.TopicT:
+        return app.topic(topics[base], key_type=bytes, value_type=bytes, key_serializer="raw",
+                         value_serializer="raw", partitions=topics.spec_of(topics[base]).partitions)
+
+    events_t, features_t, by_event_t = topic("events"), topic("features"), topic("snapshots.by-event")
+    labels_t, examples_t, dlq_t = topic("labels"), topic("training-examples"), topic("events.dlq")
+    join_source = app.topic(topics["snapshots.by-event"], topics["labels"], key_type=bytes, value_type=bytes,
+                            key_serializer="raw", value_serializer="raw")
+
+    state_table = app.Table("entity-state", default=None, partitions=partitions,
+                            key_type=bytes, value_type=bytes)
+    join_table = app.Table("label-join", default=None, partitions=partitions,
+                           key_type=bytes, value_type=bytes)
+
+    async def dead_letter(event: faust.EventT, reason: str, code: str) -> None:
+        msg = event.message
+        headers = dead_letter_headers(msg, ValueError(reason), SERVICE, code)
+        await dlq_t.send(key=event.key, value=event.value, headers=headers)
+
+    @app.agent(events_t)
+    async def compute_features(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            record = loads(event.value)
+            key = entity_key(record).encode()
+            out = process_event(engine, state_table.get(key), record)
+            metrics.events.labels(out.status).inc()
+            if out.status == "late":
+                metrics.late.inc()
+                await dead_letter(event, out.reason, "late")
+                continue
+            if out.state is not None:
+                state_table[key] = out.state
+            if out.snapshot is not None:
+                value = dumps(out.snapshot)
+                await features_t.send(key=key, value=value)
+                await by_event_t.send(key=record["event_id"].encode(), value=value)
+                metrics.snapshot_latency.observe(
+                    max(0.0, time.time() - parse_time(record["ingested_at"]).timestamp()))
+
+    # Join entries expire by stream time (newest snapshot event time seen on the partition);
+    # the heap per partition is rebuilt from the table after a restart or rebalance.
+    stream_time: dict[int, float] = defaultdict(float)
+    expiry: dict[int, list[tuple[float, bytes]]] = {}
+
+    def partition_of(key: bytes) -> int:
+        return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+    def expiry_heap(p: int) -> list[tuple[float, bytes]]:
+        if p not in expiry:
+            heap = [(decode_entry(v)["t"] + joiner.max_delay, k) for k, v in join_table.items()
+                    if v is not None and partition_of(k) == p]
+            heapq.heapify(heap)
+            expiry[p] = heap
+        return expiry[p]
+
+    def sweep(p: int) -> None:
+        heap = expiry_heap(p)
+        now = stream_time[p]
+        while heap and heap[0][0] < now:
+            _, key = heapq.heappop(heap)
+            entry = decode_entry(join_table.get(key))
+            if entry is None:
+                continue
+            kind = joiner.expired(entry, now)
+            if kind is None:  # re-armed later (e.g. the snapshot came after the label)
+                heapq.heappush(heap, (entry["t"] + joiner.max_delay, key))
+                continue
+            metrics.expired.labels(kind).inc()
+            del join_table[key]
+
+    @app.agent(join_source)
+    async def join_labels(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            msg = event.message
+            record = loads(event.value)
+            key = event.key
+            entry = decode_entry(join_table.get(key))
+            if msg.topic == topics["labels"]:
+                out = joiner.on_label(entry, record)
+                metrics.labels.labels(out.status).inc()
+            else:
+                out = joiner.on_snapshot(entry, record)
+                stream_time[msg.partition] = max(stream_time[msg.partition], out.entry["t"] if out.entry
+                                                 else stream_time[msg.partition])
+            if out.status in ("conflict", "late_label"):
+                await dead_letter(event, out.reason, out.status)
+            if out.entry is not None:
+                join_table[key] = encode_entry(out.entry)
+                heapq.heappush(expiry_heap(msg.partition), (out.entry["t"] + joiner.max_delay, key))
+            if out.example is not None:
+                await examples_t.send(key=entity_key(out.example).encode(), value=dumps(out.example))
+                metrics.examples.inc()
+            sweep(msg.partition)
+
+    @app.on_partitions_revoked.connect
+    async def forget_heaps(app_: faust.App, revoked: set, **_: Any) -> None:
+        expiry.clear()
+
+    progress = Progress()
+    offline = OfflineWriter(settings, topics, open_store(settings.offline_url, spec), metrics) \
+        if settings.offline else None
+
+    if offline is not None:
+        @app.task
+        async def write_offline() -> None:
+            await offline.run(app)
+
+    event_parts = [TopicPartition(topics["events"], p) for p in range(partitions)]
+    lag_reader: list[AIOKafkaConsumer] = []
+
+    @app.timer(5.0)
+    async def track_lag() -> None:
+        if not lag_reader:
+            # A group member that never joins: it only reads the stream group's committed offsets.
+            reader = AIOKafkaConsumer(**settings.kafka.client_kwargs(), group_id=app.conf.id,
+                                      enable_auto_commit=False)
+            await reader.start()
+            lag_reader.append(reader)
+        await _track(lag_reader[0], event_parts, progress, metrics)
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok"})
+
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        stalled = progress.lag > 0 and time.monotonic() - progress.advanced_at > settings.stall_after_s
+        checks = {"recovered": not app.in_recovery and not app.rebalancing,
+                  "progressing": not stalled, "lag_known": progress.lag >= 0}
+        ok = all(checks.values())
+        return web.json({"ready": ok, "lag": progress.lag, "checks": checks}, status=200 if ok else 503)
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        body, content_type = render(metrics.registry)
+        # aiohttp wants the charset apart from the content type
+        return web.bytes(body, content_type=content_type.split(";")[0] + "; version=0.0.4")
+
+    app.loopline = {"engine": engine, "topics": topics, "metrics": metrics, "settings": settings,
+                    "agents": (compute_features, join_labels)}
+    return app
+
+
+async def _track(consumer: AIOKafkaConsumer, parts: list[TopicPartition], progress: Progress,
+                 metrics: FeaturesMetrics) -> None:
+    """Lag of the feature stream's consumer group, and when its committed position last moved."""
+    try:
+        ends = await consumer.end_offsets(parts)
+        committed = 0
+        for tp in parts:
+            committed += (await consumer.committed(tp)) or 0
+    except KafkaError as exc:
+        log.warning("cannot read consumer lag", extra={"error": repr(exc)})
+        return
+    lag = sum(ends.values()) - committed
+    if committed != progress.committed or lag == 0:
+        progress.advanced_at = time.monotonic()
+        metrics.last_progress.set(time.time())
+    progress.committed, progress.lag = committed, lag
+    metrics.lag.set(lag)

@@ -1,0 +1,25 @@
+"""Feature service settings (env FEATURES_*, plus LOOPLINE_* and KAFKA_* from the base)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+
+class FeaturesSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="FEATURES_", extra="ignore", populate_by_name=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8002, ge=1, le=65535, description="HTTP port for /healthz, /readyz, /metrics")
+    data_dir: Path = Field(Path("var/features"), description="Local table store (RocksDB) of this worker")
+    store: str = Field("rocksdb://", description="faust table store: rocksdb:// (durable) or memory://")
+    offline_url: str = Field("var/offline", description="Offline store (Parquet) path or file:// URL")
+    offline: bool = Field(True, description="Write events, snapshots and examples to the offline store")
+    offline_flush_rows: int = Field(20_000, ge=1, description="Rows buffered before a Parquet write")
+    offline_flush_s: float = Field(10.0, gt=0, description="Longest wait before a Parquet write")
+    join_sweep_s: float = Field(30.0, gt=0, description="How often expired join entries are swept")
+    commit_interval_s: float = Field(1.0, gt=0, description="Offset commit interval of the stream")
+    stall_after_s: float = Field(60.0, gt=0, description="/readyz fails when lag stands still this long")
