@@ -68,8 +68,10 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
     metrics = FeaturesMetrics()
     partitions = topics.spec_of(topics["events"]).partitions
 
+    # The app id (consumer group, table changelogs) includes the feature definitions' hash: new
+    # definitions start fresh state and recompute from the retained log instead of misreading old state.
     app = faust.App(
-        topics.group("features"),
+        topics.group("features", f"defs-{engine.feature_hash}"),
         **faust_broker(settings),
         store=settings.store,
         datadir=str(settings.data_dir),

@@ -1,0 +1,245 @@
+"""Replay: re-read a time or offset range of a topic, or a Parquet/CSV/NDJSON file, and feed it
+through the pipeline again (into the `events` topic).
+
+    python -m services.features.replay --topic events --start 2026-01-01T00:00Z --end 2026-01-02T00:00Z
+    python -m services.features.replay --topic events.dlq --from-offset 0 --to-offset 500
+    python -m services.features.replay --file var/offline/events        (a Parquet dataset folder)
+    python -m services.features.replay --file history.csv --dry-run
+
+Every record is validated against the spec again; an event keeps its event_id (raw records without
+one get the id derived from where they were read), so the feature service dedups what it has seen.
+Records that fail validation are counted and listed, never produced. Typical use: rebuild features
+after changing their definitions (the feature worker's state is keyed by the definitions' hash).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from shared.errors import ValidationFailed
+from shared.events import EventValidator, derived_event_id
+from shared.kafka import make_producer
+from shared.serialization import dumps, loads, parse_time, utcnow
+from shared.settings import ServiceSettings
+from shared.spec import load_spec
+from shared.topics import Topics
+
+
+@dataclass
+class Source:
+    """One record to replay: its JSON value and where it came from (for derived ids and errors)."""
+
+    value: Any
+    origin: str
+    origin_id: str
+
+
+class Progress:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, total: int | None, out=sys.stderr):
+        self.total, self.out = total, out
+        self.done = self.bad = 0
+        self.started = self.shown = time.monotonic()
+
+    def step(self, ok: bool) -> None:
+        self.done += 1
+        self.bad += not ok
+        if time.monotonic() - self.shown > 0.5:
+            self.show()
+
+    def show(self, end: str = "\r") -> None:
+        self.shown = time.monotonic()
+        rate = self.done / max(1e-9, self.shown - self.started)
+        if self.total:
+            filled = int(30 * self.done / self.total)
+            bar = f"[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}"
+        else:
+            bar = f"{self.done}"
+        self.out.write(f"replay {bar} {rate:,.0f}/s, {self.bad} invalid{end}")
+        self.out.flush()
+
+
+def to_event(validator: EventValidator, src: Source, now: datetime) -> dict[str, Any]:
+    """An `Event` record (dict) for a replayed source, validated again."""
+    value = src.value
+    if isinstance(value, dict) and "data" in value and "event_id" in value and "type" in value:
+        raw = {**value["data"], "event_id": value["event_id"]}  # an Event envelope from the events topic
+    else:
+        raw = value
+    fields = validator.validate(raw)
+    return validator.envelope(fields, source="replay", ingested_at=now, event_id=src.origin_id)
+
+
+def read_file(path: Path) -> Iterator[Source]:
+    """Rows of a Parquet file or dataset folder, a CSV or an NDJSON file, as raw event dicts."""
+    if path.is_dir() or path.suffix == ".parquet":
+        df = pd.read_parquet(path)
+    elif path.suffix == ".csv":
+        df = pd.read_csv(path)
+    elif path.suffix in (".ndjson", ".jsonl"):
+        for n, line in enumerate(path.read_bytes().splitlines()):
+            if line.strip():
+                yield Source(loads(line), f"{path}:{n + 1}", derived_event_id(str(path), 0, n))
+        return
+    else:
+        raise SystemExit(f"unsupported file type {path.suffix}; use .parquet, .csv, .ndjson or a Parquet folder")
+    keep = [c for c in df.columns if c not in ("entity", "occurred_at", "ingested_at", "source", "date",
+                                               "feature_hash")]
+    for n, row in enumerate(df[keep].to_dict("records")):
+        clean = {k: _plain(v) for k, v in row.items() if not _missing(v)}
+        yield Source(clean, f"{path}#{n}", clean.get("event_id") or derived_event_id(str(path), 0, n))
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and v != v) or v is pd.NaT
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, pd.Timestamp):
+        return v.isoformat()
+    if hasattr(v, "item"):  # numpy scalar
+        return v.item()
+    return v
+
+
+async def topic_range(consumer: AIOKafkaConsumer, topic: str, start: datetime | None, end: datetime | None,
+                      from_offset: int | None, to_offset: int | None) -> dict[TopicPartition, tuple[int, int]]:
+    """Per partition [first, last) offsets: by record timestamps (start/end) or by offsets."""
+    parts = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic))]
+    first = await consumer.beginning_offsets(parts)
+    last = await consumer.end_offsets(parts)
+    lo, hi = dict(first), dict(last)
+    if start is not None:
+        found = await consumer.offsets_for_times({tp: int(start.timestamp() * 1000) for tp in parts})
+        lo = {tp: (found[tp].offset if found[tp] else last[tp]) for tp in parts}
+    if end is not None:
+        found = await consumer.offsets_for_times({tp: int(end.timestamp() * 1000) for tp in parts})
+        hi = {tp: (found[tp].offset if found[tp] else last[tp]) for tp in parts}
+    if from_offset is not None:
+        lo = {tp: max(first[tp], from_offset) for tp in parts}
+    if to_offset is not None:
+        hi = {tp: min(last[tp], to_offset + 1) for tp in parts}
+    return {tp: (lo[tp], hi[tp]) for tp in parts if lo[tp] < hi[tp]}
+
+
+async def read_range(consumer: AIOKafkaConsumer,
+                     bounds: dict[TopicPartition, tuple[int, int]]) -> AsyncIterator[Source]:
+    """The records within the bounds, partition by partition order preserved."""
+    consumer.assign(list(bounds))
+    for tp, (lo, _) in bounds.items():
+        consumer.seek(tp, lo)
+    remaining = set(bounds)
+    while remaining:
+        batch = await consumer.getmany(*remaining, timeout_ms=1000)
+        for tp, recs in batch.items():
+            hi = bounds[tp][1]
+            for r in recs:
+                if r.offset >= hi:
+                    break
+                try:
+                    value = loads(r.value) if r.value is not None else None
+                except ValueError:
+                    value = r.value
+                yield Source(value, f"{tp.topic}[{tp.partition}]@{r.offset}",
+                             derived_event_id(tp.topic, tp.partition, r.offset))
+            if recs and recs[-1].offset + 1 >= hi:
+                remaining.discard(tp)
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    for _ in range(50):
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return parts
+        await consumer._client.force_metadata_update()  # noqa: SLF001 - metadata for an unsubscribed topic
+        await asyncio.sleep(0.1)
+    raise SystemExit(f"topic {topic} not found")
+
+
+async def replay(args: argparse.Namespace, settings: ServiceSettings) -> int:
+    spec = load_spec(settings.spec_path)
+    validator = EventValidator(spec)
+    topics = Topics(settings.topic_prefix)
+    target = topics["events"]
+    producer = None if args.dry_run else make_producer(settings.kafka)
+    if producer is not None:
+        await producer.start()
+    progress: Progress | None = None
+    errors: list[str] = []
+    pending = []
+    now = utcnow()
+
+    async def handle(src: Source) -> None:
+        try:
+            record = to_event(validator, src, now)
+        except ValidationFailed as exc:
+            progress.step(False)  # type: ignore[union-attr]
+            if len(errors) < 20:
+                errors.append(f"{src.origin}: {exc}")
+            return
+        if producer is not None:
+            pending.append(await producer.send(target, dumps(record), key=validator.kafka_key(record)))
+        progress.step(True)  # type: ignore[union-attr]
+
+    try:
+        if args.file:
+            sources = list(read_file(Path(args.file)))
+            progress = Progress(len(sources))
+            for src in sources:
+                await handle(src)
+        else:
+            start = parse_time(args.start) if args.start else None
+            end = parse_time(args.end) if args.end else None
+            consumer = AIOKafkaConsumer(**settings.kafka.client_kwargs(), enable_auto_commit=False)
+            await consumer.start()
+            try:
+                bounds = await topic_range(consumer, topics[args.topic], start, end,
+                                           args.from_offset, args.to_offset)
+                progress = Progress(sum(hi - lo for lo, hi in bounds.values()))
+                async for src in read_range(consumer, bounds):
+                    await handle(src)
+            finally:
+                await consumer.stop()
+        if pending:
+            await asyncio.gather(*pending)  # every replayed record acknowledged before we report it
+    finally:
+        if producer is not None:
+            await producer.stop()
+    assert progress is not None
+    progress.show(end="\n")
+    for line in errors:
+        print(f"invalid: {line}", file=sys.stderr)
+    verb = "would replay" if args.dry_run else f"replayed into {target}:"
+    print(f"{verb} {progress.done - progress.bad} events; {progress.bad} invalid")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--topic", help="catalogue topic name, e.g. events, events.raw, events.dlq")
+    src.add_argument("--file", help=".parquet, .csv, .ndjson, or a Parquet dataset folder")
+    parser.add_argument("--start", help="topic range start (RFC 3339, by record timestamp)")
+    parser.add_argument("--end", help="topic range end, exclusive (RFC 3339)")
+    parser.add_argument("--from-offset", type=int, help="first offset, per partition")
+    parser.add_argument("--to-offset", type=int, help="last offset (inclusive), per partition")
+    parser.add_argument("--dry-run", action="store_true", help="validate and count, produce nothing")
+    args = parser.parse_args(argv)
+    if args.file and any(v is not None for v in (args.start, args.end, args.from_offset, args.to_offset)):
+        parser.error("--start/--end/--from-offset/--to-offset go with --topic")
+    return asyncio.run(replay(args, ServiceSettings()))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
