@@ -327,6 +327,8 @@ class PipelineSpec(_Strict):
                     raise _at((*where, "field"), f"'{feat.field}' is not an event field")
                 if feat.agg in NUMERIC_AGGS and not src.numeric:
                     raise _at((*where, "field"), f"'{feat.agg}' needs a numeric field; '{feat.field}' is {src.type}")
+                if feat.agg == "last" and src.type == "string":
+                    raise _at((*where, "field"), "'last' of a string field is not a number; use a category field")
                 if feat.agg == "distinct" and src.type not in ("string", "category", "int", "bool"):
                     raise _at((*where, "field"), f"'distinct' needs a discrete field; '{feat.field}' is {src.type}")
         for i, model in enumerate(self.models):

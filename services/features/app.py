@@ -7,7 +7,6 @@ re-emits an identical snapshot, which consumers dedup.
 """
 from __future__ import annotations
 
-import asyncio
 import heapq
 import logging
 import time
@@ -95,7 +94,7 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
                          value_serializer="raw", partitions=topics.spec_of(topics[base]).partitions)
 
     events_t, features_t, by_event_t = topic("events"), topic("features"), topic("snapshots.by-event")
-    labels_t, examples_t, dlq_t = topic("labels"), topic("training-examples"), topic("events.dlq")
+    examples_t, dlq_t = topic("training-examples"), topic("events.dlq")
     join_source = app.topic(topics["snapshots.by-event"], topics["labels"], key_type=bytes, value_type=bytes,
                             key_serializer="raw", value_serializer="raw")
 
@@ -220,7 +219,9 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
         checks = {"recovered": not app.in_recovery and not app.rebalancing,
                   "progressing": not stalled, "lag_known": progress.lag >= 0}
         ok = all(checks.values())
-        return web.json({"ready": ok, "lag": progress.lag, "checks": checks}, status=200 if ok else 503)
+        assigned = sum(1 for tp in app.consumer.assignment() if tp.topic == topics["events"])
+        return web.json({"ready": ok, "lag": progress.lag, "assigned": assigned, "checks": checks},
+                        status=200 if ok else 503)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

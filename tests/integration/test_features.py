@@ -1,0 +1,237 @@
+"""services/features against the real broker, run as real worker processes.
+
+Every emitted snapshot is compared with a batch recomputation in pandas (tests/reference.py) over
+the same events; snapshots are at-least-once, so repeated event ids must carry identical features.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from datetime import datetime, timezone
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import murmur2
+
+from examples.fraud.generate import GeneratorConfig, generate
+from shared.events import EventValidator
+from shared.kafka import header_dict
+from shared.serialization import dumps, loads
+from shared.spec import load_spec
+from tests.reference import Reference, assert_same
+from tests.support import ServiceProcess, free_port, read_topic, wait_until
+
+pytestmark = pytest.mark.integration
+SPEC = load_spec("examples/fraud/pipeline.yaml")
+VALIDATOR = EventValidator(SPEC)
+NOW = datetime(2026, 11, 26, tzinfo=timezone.utc)
+
+
+def envelopes(raw_events: list[dict]) -> list[dict]:
+    return [VALIDATOR.envelope(VALIDATOR.validate(e), source="http", ingested_at=NOW) for e in raw_events]
+
+
+async def produce(kafka, topic: str, records: list[dict], key=lambda r: VALIDATOR.kafka_key(r)) -> None:
+    producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, dumps(r), key=key(r)) for r in records]
+        for f in futures:
+            await f
+    finally:
+        await producer.stop()
+
+
+async def topic_size(kafka, topic: str, partitions: int = 6) -> int:
+    consumer = AIOKafkaConsumer(**kafka.client_kwargs())
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
+        return sum(ends.values())
+    finally:
+        await consumer.stop()
+
+
+def worker(service_env, tmp_path, name: str = "w1", **extra: str) -> ServiceProcess:
+    port = free_port()
+    env = {**service_env, "FEATURES_PORT": str(port), "FEATURES_DATA_DIR": str(tmp_path / name),
+           "FEATURES_OFFLINE_URL": str(tmp_path / "offline"), "FEATURES_OFFLINE_FLUSH_S": "1",
+           "FEATURES_JOIN_SWEEP_S": "1", **extra}
+    return ServiceProcess("services.features", env, port=port, log_dir=tmp_path)
+
+
+def check_snapshots(records, events: list[dict]) -> dict[str, dict]:
+    """Dedup by event_id (duplicates must be identical) and compare with the pandas reference."""
+    by_id: dict[str, dict] = {}
+    for r in records:
+        snap = loads(r.value)
+        seen = by_id.setdefault(snap["event_id"], snap)
+        assert seen["features"] == snap["features"], f"duplicate {snap['event_id']} differs"
+        assert r.key == snap["entity"].encode()
+    assert set(by_id) == {e["event_id"] for e in events}, "snapshots lost"
+    ref = Reference(SPEC)
+    rows = {}
+    for e in events:
+        status, row, _ = ref.process(e["event_id"], ref_time(e), e["data"])
+        assert status == "new"
+        rows[(row["entity"], row["seq"])] = e
+    for (entity, seq), want in ref.snapshots().items():
+        e = rows[(entity, seq)]
+        snap = by_id[e["event_id"]]
+        try:
+            assert_same(snap["features"], want, e["event_id"])
+        except AssertionError as exc:
+            history = [(x["event_id"], x["data"]["ts"], by_id[x["event_id"]]["features"])
+                       for x in events if x["entity"] == entity]
+            dupes = [(r.partition, r.offset, loads(r.value)["event_id"]) for r in records
+                     if loads(r.value)["entity"] == entity]
+            raise AssertionError(f"{exc}\nentity {entity} history: {history}\nrecords: {dupes}") from None
+        assert snap["data"] == e["data"] and snap["occurred_at"] == e["occurred_at"]
+    return by_id
+
+
+def ref_time(e: dict) -> float:
+    return datetime.fromisoformat(e["data"]["ts"]).timestamp()
+
+
+async def test_snapshots_equal_batch_recomputation_through_three_kill_9s(kafka, topics, service_env, tmp_path):
+    raw = [e for e, _ in generate(GeneratorConfig(seed=7, users=1500, events=50_000))]
+    events = envelopes(raw)
+    await produce(kafka, topics["events"], events)
+    w = worker(service_env, tmp_path)
+    w.start()
+    for k in range(3):
+        target = (k + 1) * len(events) // 4
+        await eventually(lambda: topic_size(kafka, topics["features"]), target, 240, f"{target} snapshots")
+        w.kill()  # SIGKILL: no commit, no flush, no clean shutdown
+        w.start()
+    probe_users = sorted({e["user_id"] for e in raw})[:200]
+    probes = envelopes([{**raw[-1], "event_id": f"probe-{u}", "user_id": u, "ts": "2026-01-02T12:00:00Z"}
+                        for u in probe_users])
+    await produce(kafka, topics["events"], probes)
+    all_events = events + probes
+    records = await read_topic(kafka, topics["features"], expect=len(all_events), timeout_s=300)
+    records += await read_topic(kafka, topics["features"], idle_s=3)  # late duplicates, if any
+    metrics = httpx.get(f"{w.url}/metrics").text
+    w.stop()
+    check_snapshots(records, all_events)
+    assert "loopline_features_lag_records" in metrics
+    # the offline store holds every event and snapshot once its reader dedups
+    from shared.offline import open_store
+    store = open_store(str(tmp_path / "offline"), SPEC)
+    wait_until(lambda: len(store.read("snapshots")) == len(all_events), 60, "offline snapshots")
+    offline = store.read("snapshots")
+    assert offline["event_id"].is_unique and offline["occurred_at"].is_monotonic_increasing
+    row = offline.set_index("event_id").loc[f"probe-{probe_users[0]}"]
+    assert row["txn_count_1h"] >= 0 and row["user_id"] == probe_users[0]
+
+
+async def eventually(measure, at_least: int, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while (value := await measure()) < at_least:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: {value} < {at_least} after {timeout}s")
+        await asyncio.sleep(0.3)
+
+
+async def test_two_workers_share_partitions_and_take_over_without_loss(kafka, topics, service_env, tmp_path):
+    raw = [e for e, _ in generate(GeneratorConfig(seed=11, users=400, events=12_000))]
+    events = envelopes(raw)
+    a, b = worker(service_env, tmp_path, "a"), worker(service_env, tmp_path, "b")
+    a.start()
+    b.start()
+    wait_until(lambda: _assigned(a) + _assigned(b) == 6, 90, "the 6 event partitions split across both workers")
+    assert _assigned(a) > 0 and _assigned(b) > 0
+    await produce(kafka, topics["events"], events[:6000])
+    await eventually(lambda: topic_size(kafka, topics["features"]), 3000, 120, "half the snapshots")
+    a.stop()  # B takes A's partitions
+    await produce(kafka, topics["events"], events[6000:])
+    records = await read_topic(kafka, topics["features"], expect=len(events), timeout_s=240)
+    records += await read_topic(kafka, topics["features"], idle_s=3)
+    b.stop()
+    check_snapshots(records, events)
+
+
+def _assigned(w: ServiceProcess) -> int:
+    """Partitions of the events topic assigned to a worker."""
+    try:
+        return int(httpx.get(f"{w.url}/readyz", timeout=2).json().get("assigned", 0))
+    except (httpx.HTTPError, ValueError):
+        return 0
+
+
+def same_partition_ids(target: str, n: int, prefix: str) -> list[str]:
+    """Event ids whose join partition equals that of `target` (so they advance its stream time)."""
+    want = (murmur2(target.encode()) & 0x7FFFFFFF) % 6
+    return list(itertools.islice((f"{prefix}{i}" for i in itertools.count()
+                                  if (murmur2(f"{prefix}{i}".encode()) & 0x7FFFFFFF) % 6 == want), n))
+
+
+async def test_labels_early_late_twice_never_and_late_events(kafka, topics, service_env, tmp_path):
+    def ev(eid: str, user: str, ts: str, amount: float = 10.0) -> dict:
+        return {"event_id": eid, "user_id": user, "amount": amount, "merchant_category": "fuel",
+                "country": "DE", "channel": "web", "ts": ts}
+
+    def label(eid: str, value, observed: str) -> dict:
+        return VALIDATOR.label({"event_id": eid, "value": value, "observed_at": observed}, source="http", now=NOW)
+
+    async def send_labels(labels):
+        await produce(kafka, topics["labels"], labels, key=lambda r: r["target_event_id"].encode())
+
+    w = worker(service_env, tmp_path).start()
+    # early: the label comes before its event
+    await send_labels([label("early", True, "2026-03-01T10:00:00Z")])
+    time.sleep(1)
+    await produce(kafka, topics["events"], envelopes([
+        ev("early", "a", "2026-03-01T09:00:00Z"),
+        ev("twice", "a", "2026-03-01T09:05:00Z"),
+        ev("late-label", "b", "2026-03-01T09:00:00Z"),
+        ev("never", "c", "2026-03-01T09:00:00Z"),
+        ev("conflict", "d", "2026-03-01T09:00:00Z"),
+    ]))
+    time.sleep(1)
+    await send_labels([
+        label("twice", False, "2026-03-02T00:00:00Z"),
+        label("twice", False, "2026-03-02T01:00:00Z"),  # same label again: one example
+        label("late-label", True, "2026-03-09T09:00:01Z"),  # beyond the 7-day max delay
+        label("conflict", True, "2026-03-01T12:00:00Z"),
+        label("conflict", False, "2026-03-01T13:00:00Z"),  # contradicts the first: dead-lettered
+    ])
+    # late event: 1 h behind entity a's newest event, allowed lateness is 5 min
+    await produce(kafka, topics["events"], envelopes([ev("too-late", "a", "2026-03-01T08:00:00Z")]))
+    # advance stream time on the join partition of "never" by more than 7 days
+    advance = same_partition_ids("never", 1, "tick-")
+    await produce(kafka, topics["events"], envelopes([ev(advance[0], "z", "2026-03-20T00:00:00Z")]))
+
+    examples = await read_topic(kafka, topics["training-examples"], idle_s=4, timeout_s=60)
+    by_id = {}
+    for r in examples:
+        ex = loads(r.value)
+        by_id.setdefault(ex["event_id"], []).append(ex)
+    assert set(by_id) == {"early", "twice", "conflict"}
+    assert {eid: exs[0]["label"] for eid, exs in by_id.items()} == {"early": True, "twice": False, "conflict": True}
+    assert all(ex == exs[0] for exs in by_id.values() for ex in exs)  # redeliveries identical
+    twice = by_id["twice"][0]
+    assert twice["features"]["txn_count_10m"] == 1 and twice["entity"] == "a"  # saw "early" 5 min before
+    assert twice["labelled_at"] == "2026-03-02T00:00:00Z"
+
+    dlq = await read_topic(kafka, topics["events.dlq"], expect=3, timeout_s=60)
+    reasons = {header_dict(r.headers)["dlq.error.code"]: (r, header_dict(r.headers)) for r in dlq}
+    assert set(reasons) == {"late", "late_label", "conflict"}
+    late_rec, late_h = reasons["late"]
+    assert loads(late_rec.value)["event_id"] == "too-late" and late_h["dlq.source.topic"] == topics["events"]
+    assert "allowed lateness is 300s" in late_h["dlq.error.message"]
+    assert "max delay" in reasons["late_label"][1]["dlq.error.message"]
+    assert "first label stands" in reasons["conflict"][1]["dlq.error.message"]
+
+    def metric(name: str) -> float:
+        values = dict(line.rsplit(" ", 1) for line in httpx.get(f"{w.url}/metrics").text.splitlines()
+                      if line and not line.startswith("#"))
+        return float(values.get(name, 0.0))
+    wait_until(lambda: metric('loopline_features_join_expired_total{kind="snapshot"}') >= 1, 30,
+               "the never-labelled snapshot to expire")
+    assert metric('loopline_features_late_events_total') == 1
+    assert metric('loopline_features_labels_total{outcome="duplicate"}') == 1
+    w.stop()
