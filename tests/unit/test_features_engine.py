@@ -366,5 +366,5 @@ def test_types_are_json_ready():
 
 
 def test_last_of_a_string_field_is_refused():
-    with pytest.raises(SpecError, match="'last' of string field"):
+    with pytest.raises(SpecError, match="'last' of a string field is not a number"):
         FeatureEngine(custom_spec(definitions="    - {name: last_shop, agg: last, field: shop}"))
