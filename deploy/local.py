@@ -34,6 +34,9 @@ class Service:
 
 SERVICES = [
     Service("ingest", "services.ingest", 8001, {"INGEST_PORT": "8001"}),
+    Service("features", "services.features", 8002, {
+        "FEATURES_PORT": "8002", "FEATURES_DATA_DIR": str(RUN / "features"),
+        "FEATURES_OFFLINE_URL": str(RUN / "offline")}),
 ]
 
 
@@ -61,22 +64,31 @@ def wait_ready(svc: Service, proc: subprocess.Popen, timeout: float = 60) -> Non
     raise SystemExit(f"{svc.name} not ready after {timeout}s; see .run/logs/{svc.name}.log")
 
 
+def wait_caught_up(bootstrap: str, prefix: str, timeout: float = 300) -> None:
+    """Until every event has its snapshot (and show progress while waiting)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        counts = asyncio.run(topic_counts(bootstrap, prefix, ["events", "features"]))
+        if counts["features"] >= counts["events"]:
+            return
+        say(f"features: {counts['features']}/{counts['events']} snapshots")
+        time.sleep(2)
+    say("the feature worker did not catch up in time; see .run/logs/features.log")
+
+
 async def topic_counts(bootstrap: str, prefix: str, names: list[str]) -> dict[str, int]:
-    """Records per topic (end minus start offsets)."""
+    """Records per topic (end minus start offsets over the catalogue's partitions)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from shared.topics import CATALOGUE
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
         out = {}
         for name in names:
-            parts = [TopicPartition(prefix + name, p) for p in consumer.partitions_for_topic(prefix + name) or ()]
-            if not parts:
-                await consumer._client.force_metadata_update()  # noqa: SLF001
-                parts = [TopicPartition(prefix + name, p)
-                         for p in consumer.partitions_for_topic(prefix + name) or ()]
-            ends = await consumer.end_offsets(parts) if parts else {}
-            begins = await consumer.beginning_offsets(parts) if parts else {}
+            parts = [TopicPartition(prefix + name, p) for p in range(CATALOGUE[name].partitions)]
+            ends, begins = await consumer.end_offsets(parts), await consumer.beginning_offsets(parts)
             out[name] = sum(ends[p] - begins[p] for p in parts)
         return out
     finally:
@@ -114,9 +126,12 @@ def main() -> int:
         if sent.returncode != 0:
             say("the traffic generator failed")
             return sent.returncode
-        time.sleep(2)
-        counts = asyncio.run(topic_counts(bootstrap, args.prefix, ["events", "labels", "events.dlq"]))
+        say("waiting for the feature worker to catch up")
+        wait_caught_up(bootstrap, args.prefix)
+        counts = asyncio.run(topic_counts(bootstrap, args.prefix, [
+            "events", "labels", "features", "training-examples", "events.dlq"]))
         say("records per topic: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+        say(f"offline store (Parquet): {RUN / 'offline'}")
         if args.keep:
             say("running; Ctrl-C stops everything")
             try:

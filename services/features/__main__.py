@@ -19,6 +19,7 @@ def main() -> None:
     # Source topics must exist before the agents subscribe (the broker does not auto-create them).
     asyncio.run(ensure_topics(settings.kafka, Topics(settings.topic_prefix)))
     app = create_app(settings)
+    app.conf.datadir.mkdir(parents=True, exist_ok=True)
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter("features"))
     app.conf.loghandlers = [handler]

@@ -69,11 +69,12 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
 
     # The app id (consumer group, table changelogs) includes the feature definitions' hash: new
     # definitions start fresh state and recompute from the retained log instead of misreading old state.
+    app_id = topics.group("features", f"defs-{engine.feature_hash}")
     app = faust.App(
-        topics.group("features", f"defs-{engine.feature_hash}"),
+        app_id,
         **faust_broker(settings),
         store=settings.store,
-        datadir=str(settings.data_dir),
+        datadir=str(settings.data_dir / app_id),  # RocksDB files belong to one app id's changelogs
         topic_partitions=partitions,
         topic_replication_factor=settings.kafka.replication_factor,
         topic_allow_declare=True,
