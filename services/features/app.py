@@ -81,6 +81,9 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=settings.commit_interval_s,
         producer_acks=-1,
+        # Without linger every send is its own produce request (measured: ~300 events/s).
+        producer_linger=0.005,
+        producer_max_batch_size=256 * 1024,
         key_serializer="raw",
         value_serializer="raw",
         web_enabled=True,
