@@ -80,8 +80,9 @@ def _alive(pid: int) -> bool:
 class ServiceProcess:
     """A Loopline service run as a real process (`python -m services.<name>`)."""
 
-    def __init__(self, module: str, env: dict[str, str], port: int | None = None, log_dir: Path | None = None):
-        self.module, self.port = module, port
+    def __init__(self, module: str, env: dict[str, str], port: int | None = None, log_dir: Path | None = None,
+                 ready_timeout: float = 60.0):
+        self.module, self.port, self.ready_timeout = module, port, ready_timeout
         self.env = {**os.environ, **env}
         self.log_path = (log_dir or Path(tempfile.mkdtemp())) / f"{module.replace('.', '_')}.{time.time_ns()}.log"
         self.proc: subprocess.Popen | None = None
@@ -90,16 +91,16 @@ class ServiceProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, wait_ready: bool = True, timeout: float = 60.0) -> ServiceProcess:
+    def start(self, wait_ready: bool = True) -> ServiceProcess:
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", self.module], cwd=ROOT, env=self.env,
                                      stdout=self.log, stderr=subprocess.STDOUT)
         if wait_ready:
-            self.wait_ready(timeout)
+            self.wait_ready()
         return self
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        wait_until(lambda: self._ready(), timeout, f"{self.module} ready (log: {self.log_path})")
+    def wait_ready(self) -> None:
+        wait_until(lambda: self._ready(), self.ready_timeout, f"{self.module} ready (log: {self.log_path})")
 
     def _ready(self) -> bool:
         assert self.proc is not None

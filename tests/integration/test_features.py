@@ -54,12 +54,22 @@ async def topic_size(kafka, topic: str, partitions: int = 6) -> int:
         await consumer.stop()
 
 
-def worker(service_env, tmp_path, name: str = "w1", **extra: str) -> ServiceProcess:
-    port = free_port()
-    env = {**service_env, "FEATURES_PORT": str(port), "FEATURES_DATA_DIR": str(tmp_path / name),
-           "FEATURES_OFFLINE_URL": str(tmp_path / "offline"), "FEATURES_OFFLINE_FLUSH_S": "1",
-           "FEATURES_JOIN_SWEEP_S": "1", **extra}
-    return ServiceProcess("services.features", env, port=port, log_dir=tmp_path)
+@pytest.fixture
+def worker(service_env, tmp_path):
+    """Factory of feature worker processes; every one is stopped at teardown, pass or fail."""
+    started: list[ServiceProcess] = []
+
+    def make(name: str = "w1", **extra: str) -> ServiceProcess:
+        port = free_port()
+        env = {**service_env, "FEATURES_PORT": str(port), "FEATURES_DATA_DIR": str(tmp_path / name),
+               "FEATURES_OFFLINE_URL": str(tmp_path / "offline"), "FEATURES_OFFLINE_FLUSH_S": "1", **extra}
+        proc = ServiceProcess("services.features", env, port=port, log_dir=tmp_path, ready_timeout=180)
+        started.append(proc)
+        return proc
+
+    yield make
+    for proc in started:
+        proc.stop()
 
 
 def check_snapshots(records, events: list[dict]) -> dict[str, dict]:
@@ -96,15 +106,15 @@ def ref_time(e: dict) -> float:
     return datetime.fromisoformat(e["data"]["ts"]).timestamp()
 
 
-async def test_snapshots_equal_batch_recomputation_through_three_kill_9s(kafka, topics, service_env, tmp_path):
+async def test_snapshots_equal_batch_recomputation_through_three_kill_9s(kafka, topics, worker, tmp_path):
     raw = [e for e, _ in generate(GeneratorConfig(seed=7, users=1500, events=50_000))]
     events = envelopes(raw)
     await produce(kafka, topics["events"], events)
-    w = worker(service_env, tmp_path)
+    w = worker()
     w.start()
     for k in range(3):
         target = (k + 1) * len(events) // 4
-        await eventually(lambda: topic_size(kafka, topics["features"]), target, 240, f"{target} snapshots")
+        await eventually(lambda: topic_size(kafka, topics["features"]), target, 600, f"{target} snapshots")
         w.kill()  # SIGKILL: no commit, no flush, no clean shutdown
         w.start()
     probe_users = sorted({e["user_id"] for e in raw})[:200]
@@ -112,7 +122,7 @@ async def test_snapshots_equal_batch_recomputation_through_three_kill_9s(kafka, 
                         for u in probe_users])
     await produce(kafka, topics["events"], probes)
     all_events = events + probes
-    records = await read_topic(kafka, topics["features"], expect=len(all_events), timeout_s=300)
+    records = await read_topic(kafka, topics["features"], expect=len(all_events), timeout_s=600)
     records += await read_topic(kafka, topics["features"], idle_s=3)  # late duplicates, if any
     metrics = httpx.get(f"{w.url}/metrics").text
     w.stop()
@@ -136,19 +146,19 @@ async def eventually(measure, at_least: int, timeout: float, what: str) -> None:
         await asyncio.sleep(0.3)
 
 
-async def test_two_workers_share_partitions_and_take_over_without_loss(kafka, topics, service_env, tmp_path):
+async def test_two_workers_share_partitions_and_take_over_without_loss(kafka, topics, worker):
     raw = [e for e, _ in generate(GeneratorConfig(seed=11, users=400, events=12_000))]
     events = envelopes(raw)
-    a, b = worker(service_env, tmp_path, "a"), worker(service_env, tmp_path, "b")
+    a, b = worker("a"), worker("b")
     a.start()
     b.start()
-    wait_until(lambda: _assigned(a) + _assigned(b) == 6, 90, "the 6 event partitions split across both workers")
+    wait_until(lambda: _assigned(a) + _assigned(b) == 6, 180, "the 6 event partitions split across both workers")
     assert _assigned(a) > 0 and _assigned(b) > 0
     await produce(kafka, topics["events"], events[:6000])
-    await eventually(lambda: topic_size(kafka, topics["features"]), 3000, 120, "half the snapshots")
+    await eventually(lambda: topic_size(kafka, topics["features"]), 3000, 300, "half the snapshots")
     a.stop()  # B takes A's partitions
     await produce(kafka, topics["events"], events[6000:])
-    records = await read_topic(kafka, topics["features"], expect=len(events), timeout_s=240)
+    records = await read_topic(kafka, topics["features"], expect=len(events), timeout_s=600)
     records += await read_topic(kafka, topics["features"], idle_s=3)
     b.stop()
     check_snapshots(records, events)
@@ -169,7 +179,7 @@ def same_partition_ids(target: str, n: int, prefix: str) -> list[str]:
                                   if (murmur2(f"{prefix}{i}".encode()) & 0x7FFFFFFF) % 6 == want), n))
 
 
-async def test_labels_early_late_twice_never_and_late_events(kafka, topics, service_env, tmp_path):
+async def test_labels_early_late_twice_never_and_late_events(kafka, topics, worker):
     def ev(eid: str, user: str, ts: str, amount: float = 10.0) -> dict:
         return {"event_id": eid, "user_id": user, "amount": amount, "merchant_category": "fuel",
                 "country": "DE", "channel": "web", "ts": ts}
@@ -180,7 +190,7 @@ async def test_labels_early_late_twice_never_and_late_events(kafka, topics, serv
     async def send_labels(labels):
         await produce(kafka, topics["labels"], labels, key=lambda r: r["target_event_id"].encode())
 
-    w = worker(service_env, tmp_path).start()
+    w = worker().start()
     # early: the label comes before its event
     await send_labels([label("early", True, "2026-03-01T10:00:00Z")])
     time.sleep(1)
@@ -205,7 +215,8 @@ async def test_labels_early_late_twice_never_and_late_events(kafka, topics, serv
     advance = same_partition_ids("never", 1, "tick-")
     await produce(kafka, topics["events"], envelopes([ev(advance[0], "z", "2026-03-20T00:00:00Z")]))
 
-    examples = await read_topic(kafka, topics["training-examples"], idle_s=4, timeout_s=60)
+    examples = await read_topic(kafka, topics["training-examples"], expect=3, timeout_s=180)
+    examples += await read_topic(kafka, topics["training-examples"], idle_s=3)  # redeliveries, if any
     by_id = {}
     for r in examples:
         ex = loads(r.value)
@@ -217,7 +228,7 @@ async def test_labels_early_late_twice_never_and_late_events(kafka, topics, serv
     assert twice["features"]["txn_count_10m"] == 1 and twice["entity"] == "a"  # saw "early" 5 min before
     assert twice["labelled_at"] == "2026-03-02T00:00:00Z"
 
-    dlq = await read_topic(kafka, topics["events.dlq"], expect=3, timeout_s=60)
+    dlq = await read_topic(kafka, topics["events.dlq"], expect=3, timeout_s=180)
     reasons = {header_dict(r.headers)["dlq.error.code"]: (r, header_dict(r.headers)) for r in dlq}
     assert set(reasons) == {"late", "late_label", "conflict"}
     late_rec, late_h = reasons["late"]
@@ -230,7 +241,7 @@ async def test_labels_early_late_twice_never_and_late_events(kafka, topics, serv
         values = dict(line.rsplit(" ", 1) for line in httpx.get(f"{w.url}/metrics").text.splitlines()
                       if line and not line.startswith("#"))
         return float(values.get(name, 0.0))
-    wait_until(lambda: metric('loopline_features_join_expired_total{kind="snapshot"}') >= 1, 30,
+    wait_until(lambda: metric('loopline_features_join_expired_total{kind="snapshot"}') >= 1, 120,
                "the never-labelled snapshot to expire")
     assert metric('loopline_features_late_events_total') == 1
     assert metric('loopline_features_labels_total{outcome="duplicate"}') == 1
