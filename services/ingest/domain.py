@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from collections.abc import Callable
 from typing import Any, Literal
 
 from aiokafka import ConsumerRecord
@@ -83,35 +84,33 @@ def decode_body(body: bytes, content_type: str, max_items: int) -> list[Any]:
     return items
 
 
-def check_events(validator: EventValidator, items: list[Any], *, source: str, now: datetime) -> Checked:
-    """Validate each item; good ones become `Event` records keyed by entity (or event_id)."""
+def _check(items: list[Any], to_outgoing: Callable[[Any], Outgoing]) -> Checked:
+    """Validate each item independently: one bad record never sinks the good ones."""
     out = Checked()
     for index, item in enumerate(items):
         try:
             if isinstance(item, ValidationFailed):
                 raise item
-            fields = validator.validate(item)
+            out.accepted.append(to_outgoing(item))
         except ValidationFailed as exc:
             out.rejected.extend(Rejection(index, e["field"], e["reason"], e["code"]) for e in exc.errors)
-            continue
-        record = validator.envelope(fields, source=source, ingested_at=now)
-        out.accepted.append(Outgoing(validator.kafka_key(record), dumps(record), record["event_id"]))
     return out
+
+
+def check_events(validator: EventValidator, items: list[Any], *, source: str, now: datetime) -> Checked:
+    """Good items become `Event` records keyed by entity (GLOBAL_KEY without entities)."""
+    def to_outgoing(item: Any) -> Outgoing:
+        record = validator.envelope(validator.validate(item), source=source, ingested_at=now)
+        return Outgoing(validator.kafka_key(record), dumps(record), record["event_id"])
+    return _check(items, to_outgoing)
 
 
 def check_labels(validator: EventValidator, items: list[Any], *, source: str, now: datetime) -> Checked:
-    """Validate each item as a label; good ones become `Label` records keyed by the target event id."""
-    out = Checked()
-    for index, item in enumerate(items):
-        try:
-            if isinstance(item, ValidationFailed):
-                raise item
-            record = validator.label(item, source=source, now=now)
-        except ValidationFailed as exc:
-            out.rejected.extend(Rejection(index, e["field"], e["reason"], e["code"]) for e in exc.errors)
-            continue
-        out.accepted.append(Outgoing(record["target_event_id"].encode(), dumps(record), record["event_id"]))
-    return out
+    """Good items become `Label` records keyed by the event id they refer to."""
+    def to_outgoing(item: Any) -> Outgoing:
+        record = validator.label(item, source=source, now=now)
+        return Outgoing(record["target_event_id"].encode(), dumps(record), record["event_id"])
+    return _check(items, to_outgoing)
 
 
 @dataclass
