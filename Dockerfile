@@ -7,4 +7,5 @@ COPY shared/ shared/
 COPY services/ services/
 COPY examples/ examples/
 ENV PYTHONUNBUFFERED=1 LOOPLINE_SPEC_PATH=/app/examples/fraud/pipeline.yaml
+RUN mkdir -p /data && chown nobody /data
 USER nobody
