@@ -20,6 +20,5 @@ class FeaturesSettings(ServiceSettings):
     offline: bool = Field(True, description="Write events, snapshots and examples to the offline store")
     offline_flush_rows: int = Field(20_000, ge=1, description="Rows buffered before a Parquet write")
     offline_flush_s: float = Field(10.0, gt=0, description="Longest wait before a Parquet write")
-    join_sweep_s: float = Field(30.0, gt=0, description="How often expired join entries are swept")
     commit_interval_s: float = Field(1.0, gt=0, description="Offset commit interval of the stream")
     stall_after_s: float = Field(60.0, gt=0, description="/readyz fails when lag stands still this long")
