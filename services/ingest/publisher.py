@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
 from shared.errors import KafkaUnavailable
 from shared.kafka import Headers, kafka_reachable, make_producer
@@ -18,11 +20,14 @@ log = logging.getLogger(__name__)
 class Publisher:
     """Sends batches and returns only once the broker acknowledged all of them (acks=all)."""
 
+    BATCH_API_MIN = 32  # records per publish() from which the batch API is used
+
     def __init__(self, kafka: KafkaSettings, produce_timeout_s: float):
         self.kafka = kafka
         self.timeout = produce_timeout_s
         self.producer: AIOKafkaProducer | None = None
         self.reachable = False
+        self._partitioner = DefaultPartitioner()  # murmur2, as send() and the Java client: same key, same partition
 
     @property
     def ready(self) -> bool:
@@ -71,9 +76,32 @@ class Publisher:
             raise KafkaUnavailable(f"Kafka rejected the records: {failed!r}")
 
     async def _send_all(self, topic: str, records: Sequence[tuple[bytes, bytes, Headers | None]]) -> list:
+        """One record batch per partition (split when full) through the producer's batch API:
+        a few futures instead of one per record, and no per-record send() overhead."""
         assert self.producer is not None
-        send = self.producer.send
-        return [await send(topic, value=value, key=key, headers=headers) for key, value, headers in records]
+        producer = self.producer
+        if len(records) < self.BATCH_API_MIN:
+            # A few records (single-event requests): send() lets concurrent requests share the
+            # producer's open batches (linger), so the broker sees fewer, larger produce requests.
+            send = producer.send
+            return [await send(topic, value=value, key=key, headers=headers) for key, value, headers in records]
+        partitions = sorted(await producer.partitions_for(topic))
+        partition_of = self._partitioner
+        by_partition: dict[int, list] = {}
+        for rec in records:
+            key = rec[0]
+            p = partition_of(key, partitions, partitions) if key is not None else random.choice(partitions)
+            by_partition.setdefault(p, []).append(rec)
+        futures = []
+        for p, recs in by_partition.items():
+            batch = producer.create_batch()
+            for key, value, headers in recs:
+                if batch.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+                    futures.append(await producer.send_batch(batch, topic, partition=p))
+                    batch = producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None, headers=headers or [])
+            futures.append(await producer.send_batch(batch, topic, partition=p))
+        return futures
 
     async def stop(self) -> None:
         if self.producer is not None:
