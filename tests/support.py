@@ -141,9 +141,10 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
 
 
 async def read_topic(kafka: KafkaSettings, topic: str, *, expect: int | None = None,
+                     until: Callable[[list[ConsumerRecord]], bool] | None = None,
                      idle_s: float = 3.0, timeout_s: float = 60.0) -> list[ConsumerRecord]:
     """Every record of a topic from the beginning (no consumer group): until `expect` records are
-    read, or, without `expect`, until nothing new arrived for `idle_s`."""
+    read, or `until(records)` holds, or, without either, until nothing new arrived for `idle_s`."""
     consumer = AIOKafkaConsumer(**kafka.client_kwargs(), enable_auto_commit=False,
                                 auto_offset_reset="earliest", isolation_level="read_committed")
     await consumer.start()
@@ -164,7 +165,10 @@ async def read_topic(kafka: KafkaSettings, topic: str, *, expect: int | None = N
                 last_new = time.monotonic()
             if expect is not None and len(out) >= expect:
                 break
-            if expect is None and time.monotonic() - last_new > idle_s:
+            if until is not None:
+                if batch and until(out):
+                    break
+            elif expect is None and time.monotonic() - last_new > idle_s:
                 break
         return out
     finally:

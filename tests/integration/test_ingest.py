@@ -176,7 +176,9 @@ async def test_restart_mid_stream_loses_no_acknowledged_event(service_env, topic
         stop.set()
         thread.join()
         svc.stop()
-    records = await read_topic(kafka, topics["events"], expect=len(acked), timeout_s=60)
+    wanted = set(acked)
+    records = await read_topic(kafka, topics["events"], timeout_s=60,
+                               until=lambda recs: wanted <= {loads(r.value)["event_id"] for r in recs})
     landed = {loads(r.value)["event_id"] for r in records}
     assert set(acked) <= landed, f"{len(set(acked) - landed)} acknowledged events missing"
 
@@ -201,7 +203,8 @@ async def test_bridge_restart_mid_stream_loses_no_raw_record(service_env, topics
         svc.kill()
     svc.start()
     try:
-        records = await read_topic(kafka, topics["events"], expect=n, timeout_s=90)
+        records = await read_topic(kafka, topics["events"], timeout_s=120,
+                                   until=lambda recs: len({loads(r.value)["event_id"] for r in recs}) >= n)
     finally:
         svc.stop()
     ids = {loads(r.value)["event_id"] for r in records}
