@@ -14,12 +14,17 @@ For the fraud example's 13 features (examples/fraud/pipeline.yaml):
     `python -m services.ingest`;
  4. memory: worker RSS before/after E events of E distinct entities.
 The broker, the worker(s), the ingest service and this load generator share the machine's cores.
+
+Runtime is dominated by the worker's speed: at ~600-900 events/s the default run (2 rounds + offline round,
+freshness at 1,000/s with fallbacks, 200,000 entities) takes ~12 minutes; `--entities 50000 --rounds 2`
+about 6. Worker logs are kept (path printed) when something fails.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import logging
 import multiprocessing as mp
 import os
 import shutil
@@ -61,6 +66,19 @@ GOAL_P99_MS = 50.0
 POLL_S = 0.05  # end-offset polling interval while timing a drain
 SHARED_CORES = (f"The broker, the feature worker (or the bare loop), the ingest service and this load generator "
                 f"all run on this machine and share its {os.cpu_count()} cores; figures include that contention.")
+
+
+BARE_EXPLAIN = """\
+worker: `python -m services.features` (faust, offline writer off unless noted), N events pre-produced into a fresh
+  prefix's `events`; events/s from the first to the N-th snapshot on `features` (end offsets polled every 50 ms).
+  "incl. join": until the worker's label-join table changelog also holds N entries (its second agent reads
+  snapshots.by-event and writes one table entry per snapshot; faust starts it only after the events backlog).
+bare loop: a separate process (multiprocessing spawn, default asyncio loop like the worker) on the same
+  pre-produced topic: shared.kafka.make_consumer (own group, manual commit per batch, 1000 records/poll), per
+  event orjson loads + services.features.domain.process_event (engine.load/apply/dump, the worker's function)
+  + 3 sends (features, snapshots.by-event keyed by event_id, state bytes to a compacted topic) with the worker's
+  producer settings (acks=all, linger 5 ms, 256 KiB batches), then await every ack of the batch and commit.
+  It has no label join, no RocksDB, no metrics: the same per-event work as the worker's first agent."""
 
 
 def log(msg: str) -> None:
@@ -314,6 +332,7 @@ class Bench:
         self.results: dict[str, Any] = {}
         self.profile: dict[str, Any] | None = None
         self.first_seen: tuple[float, float | None] = (0.0, None)
+        self.keep_tmp = False
 
     # ------------------------------------------------------------ helpers
 
@@ -377,7 +396,7 @@ class Bench:
             secs, startup, n_first, cpu = await self.timed_drain(
                 watch, topics["features"], 0, expected, svc.proc.pid, lambda: svc.proc.poll() is None, spawned,
                 timeout_s=180 + expected / 100)
-            join = await self.join_done(watch, topics, expected, svc.proc.pid) if self.args.join_wait else None
+            join = await self.join_done(watch, topics, expected, svc) if self.args.join_wait else None
             text = await fetch_metrics(svc.url)
             counted = metric_sum(text, "loopline_features_events_total")
             if prof_task is not None:
@@ -398,7 +417,7 @@ class Bench:
                 f"{join['worker_cpu_us_per_event'] or 0:,.0f} µs worker CPU/event")
         return d, topics
 
-    async def join_done(self, watch: OffsetWatcher, topics: Topics, expected: int, pid: int) -> dict | None:
+    async def join_done(self, watch: OffsetWatcher, topics: Topics, expected: int, svc: ServiceProcess) -> dict | None:
         """The worker's join agent reads snapshots.by-event and writes one label-join table entry per
         snapshot (its changelog topic, found by name); wait until it has done so for every snapshot."""
         t_snap = time.monotonic()
@@ -411,11 +430,13 @@ class Bench:
             return None
         deadline = time.monotonic() + 60 + expected / 200
         while (n := await watch.end(names[0])) < expected:
-            if time.monotonic() > deadline:
-                log(f"    (label join: {n:,} of {expected:,} entries after {time.monotonic() - t_snap:.0f} s; gave up)")
+            if time.monotonic() > deadline or svc.proc.poll() is not None:
+                log(f"    (label join: {n:,} of {expected:,} entries after {time.monotonic() - t_snap:.0f} s; gave up; "
+                    f"worker {'alive' if svc.proc.poll() is None else 'exited'}; log {svc.log_path}:\n{svc.tail(15)})")
+                self.keep_tmp = True
                 return None
             await asyncio.sleep(POLL_S)
-        now, cpu = time.monotonic(), proc_cpu_s(pid)
+        now, cpu = time.monotonic(), proc_cpu_s(svc.proc.pid)
         return {"after_last_snapshot_s": now - t_snap, "seconds": now - t_first, "events_per_s": expected / (now - t_first),
                 "worker_cpu_us_per_event": (cpu - cpu_first) / expected * 1e6 if cpu and cpu_first else None}
 
@@ -649,6 +670,10 @@ class Bench:
                         log(f"    ... {n:,}/{entities:,} snapshots, VmRSS {rss_kib(pid)['VmRSS'] / 1024:,.0f} MiB")
                     await asyncio.sleep(0.2)
                 secs = time.monotonic() - t0
+                at_snapshots = rss_kib(pid)
+                # the label join lags behind a backlog: measure once it holds every snapshot too
+                self.first_seen = (t0, proc_cpu_s(pid))
+                join = await self.join_done(watch, topics, warm + entities, svc)
                 await asyncio.sleep(3)
                 after, disk_after = rss_kib(pid), dir_bytes(data_dir)
                 samples.append((entities, after["VmRSS"]))
@@ -664,10 +689,13 @@ class Bench:
                "mib_per_100k": grow / entities * 100_000,
                "anon_mib_per_100k": (after["RssAnon"] - before["RssAnon"]) / 1024 / entities * 100_000,
                "disk_growth_mib": (disk_after - disk_before) / 2**20,
+               "at_last_snapshot_kib": at_snapshots, "join_after_last_snapshot_s": join and join["after_last_snapshot_s"],
                "samples": [(n, kib / 1024) for n, kib in samples]}
         log(f"    after {entities:,} entities in {secs:.0f} s ({entities / secs:,.0f} ev/s): VmRSS "
             f"{after['VmRSS'] / 1024:,.1f} MiB (+{grow:,.1f}), peak {after['VmHWM'] / 1024:,.1f} MiB, "
-            f"{res['mib_per_100k']:.1f} MiB per 100k entities; RocksDB dir +{res['disk_growth_mib']:.1f} MiB")
+            f"{res['mib_per_100k']:.1f} MiB per 100k entities; RocksDB dir +{res['disk_growth_mib']:.1f} MiB "
+        f"(measured after the label join caught up, {res['join_after_last_snapshot_s'] or float('nan'):.0f} s after "
+        f"the last snapshot)")
         return res
 
 
@@ -791,6 +819,14 @@ def report(bench: Bench, data: Data, compute: dict, args: argparse.Namespace) ->
         log(f"\nworker  median {w:,.0f} ev/s (spread {spread(workers)} over {len(workers)} runs)")
         log(f"bare    median {b:,.0f} ev/s (spread {spread(bares)} over {len(bares)} runs)")
         log(f"ratio worker/bare per round: {', '.join(f'{x:.2f}x' for x in ratios)}; median {ratio:.2f}x")
+        cpu_ratio = []
+        for r in by_round.values():
+            if "worker" in r and "bare loop" in r and r["worker"].cpu_s.get("service") and r["bare loop"].cpu_s.get("service"):
+                cpu_ratio.append((r["bare loop"].cpu_s["service"] / r["bare loop"].events)
+                                 / (r["worker"].cpu_s["service"] / r["worker"].events))
+        if cpu_ratio:
+            log(f"CPU per snapshot, bare/worker (less sensitive to other load than events/s): "
+                f"{', '.join(f'{x:.2f}x' for x in cpu_ratio)}")
         g1, g2 = w >= GOAL_EVENTS_PER_S, ratio >= GOAL_RATIO
         log(f"goal >= {GOAL_EVENTS_PER_S:,.0f} events/s per worker: {w:,.0f} -> {'PASS' if g1 else 'MISS'}")
         log(f"goal >= {GOAL_RATIO}x the bare loop:          {ratio:.2f}x -> {'PASS' if g2 else 'MISS'}")
@@ -799,7 +835,7 @@ def report(bench: Bench, data: Data, compute: dict, args: argparse.Namespace) ->
             log(f"worker incl. its label join (until every snapshot is in the label-join table): median "
                 f"{median(joined):,.0f} ev/s (spread {spread(joined)}); with a backlog the join agent only gets going "
                 f"after the events backlog is drained, so events/s above excludes the join's work")
-        result["throughput"] = {"worker_median": w, "worker_incl_join": joined, "bare_median": b, "ratio_median": ratio, "ratios": ratios,
+        result["throughput"] = {"worker_median": w, "worker_incl_join": joined, "cpu_ratio": cpu_ratio, "bare_median": b, "ratio_median": ratio, "ratios": ratios,
                                 "worker_runs": workers, "bare_runs": bares,
                                 "goals": {"events_per_s": {"goal": GOAL_EVENTS_PER_S, "pass": g1},
                                           "ratio": {"goal": GOAL_RATIO, "pass": g2}}}
@@ -808,6 +844,7 @@ def report(bench: Bench, data: Data, compute: dict, args: argparse.Namespace) ->
         log(f"worker with the offline writer on: {off[0]:,.0f} ev/s "
             f"({off[0] / median(workers):.2f}x the worker without it)" if workers else "")
         result.setdefault("throughput", {})["worker_offline"] = off[0]
+    log(BARE_EXPLAIN)
     log("proc µs/ev: CPU time (user+sys) of the worker / bare-loop process per snapshot, first -> N-th snapshot; "
         "broker µs/ev likewise; other cores: CPU used meanwhile by everything else on the machine (other people's "
         "tests): above ~0.2 the figures are disturbed.")
@@ -869,11 +906,13 @@ def report_freshness(runs: list[dict]) -> None:
 
 def report_memory(m: dict) -> None:
     log("\n== 4. Memory of the worker process (VmRSS from /proc/<pid>/status)")
-    b, a = m["before_kib"], m["after_kib"]
+    b, a, z = m["before_kib"], m["after_kib"], m["at_last_snapshot_kib"]
     log(table(["", "VmRSS MiB", "RssAnon MiB", "RssFile MiB", "VmHWM MiB"],
               [["before", f"{b['VmRSS'] / 1024:,.1f}", f"{b['RssAnon'] / 1024:,.1f}", f"{b['RssFile'] / 1024:,.1f}",
                 f"{b['VmHWM'] / 1024:,.1f}"],
-               [f"after {m['entities']:,} entities", f"{a['VmRSS'] / 1024:,.1f}", f"{a['RssAnon'] / 1024:,.1f}",
+               ["at the last snapshot (join behind)", f"{z['VmRSS'] / 1024:,.1f}", f"{z['RssAnon'] / 1024:,.1f}",
+                f"{z['RssFile'] / 1024:,.1f}", f"{z['VmHWM'] / 1024:,.1f}"],
+               [f"after {m['entities']:,} entities + join", f"{a['VmRSS'] / 1024:,.1f}", f"{a['RssAnon'] / 1024:,.1f}",
                 f"{a['RssFile'] / 1024:,.1f}", f"{a['VmHWM'] / 1024:,.1f}"]]))
     log(f"growth {m['growth_mib']:,.1f} MiB = {m['mib_per_100k']:.1f} MiB per 100k entities (anonymous memory "
         f"{m['anon_mib_per_100k']:.1f} MiB per 100k); RocksDB data dir +{m['disk_growth_mib']:.1f} MiB; "
@@ -881,7 +920,8 @@ def report_memory(m: dict) -> None:
     log("VmRSS along the way (snapshots seen -> MiB): "
         + ", ".join(f"{n:,}->{mib:,.0f}" for n, mib in m["samples"]))
     log("Each event is of a new entity, so this counts one entity-state entry and one label-join entry "
-        "(the whole snapshot, kept for the label's max_delay) per event.")
+        "(the whole snapshot, kept for the label's max_delay) per event. Both tables are faust RocksDB stores "
+        "(one DB per partition and table) with faust's defaults unless app.py sets table options.")
 
 
 # ---------------------------------------------------------------- main
@@ -941,6 +981,7 @@ def main(argv: list[str] | None = None) -> int:
     kafka = require_kafka("bench/features.py")
     sigterm_as_exit()
     fast_httpx_without_sniffio()
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)  # retried NotLeaderForPartition right after topic creation
     started = time.perf_counter()
     log(f"features bench: {machine()}, load average {os.getloadavg()[0]:.2f}, broker {kafka.bootstrap_servers}")
     log(SHARED_CORES)
@@ -959,7 +1000,10 @@ def main(argv: list[str] | None = None) -> int:
     if mem:
         report_memory(mem)
         result["memory"] = mem
-    shutil.rmtree(bench.tmp, ignore_errors=True)
+    if bench.keep_tmp:
+        log(f"logs kept in {bench.tmp}")
+    else:
+        shutil.rmtree(bench.tmp, ignore_errors=True)
     log(f"\n{SHARED_CORES}\nTotal {time.perf_counter() - started:.0f} s.")
     if args.json:
         result["config"] = vars(args)
