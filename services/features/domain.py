@@ -5,7 +5,6 @@ Plain functions over bytes-in/bytes-out state so the faust agents stay thin and 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from shared.events import GLOBAL_KEY, SCHEMA_VERSION
@@ -126,7 +125,3 @@ def encode_entry(entry: dict[str, Any]) -> bytes:
 
 def decode_entry(data: bytes | None) -> dict[str, Any] | None:
     return loads(data) if data else None
-
-
-def occurred_epoch(value: str | datetime) -> float:
-    return (parse_time(value) if isinstance(value, str) else value).timestamp()
