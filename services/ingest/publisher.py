@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import DefaultPartitioner
 
 from shared.errors import KafkaUnavailable
-from shared.kafka import Headers, kafka_reachable, make_producer
+from shared.kafka import Headers, OutRecord, kafka_reachable, make_producer, send_batched
 from shared.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -27,7 +25,6 @@ class Publisher:
         self.timeout = produce_timeout_s
         self.producer: AIOKafkaProducer | None = None
         self.reachable = False
-        self._partitioner = DefaultPartitioner()  # murmur2, as send() and the Java client: same key, same partition
 
     @property
     def ready(self) -> bool:
@@ -85,23 +82,7 @@ class Publisher:
             # producer's open batches (linger), so the broker sees fewer, larger produce requests.
             send = producer.send
             return [await send(topic, value=value, key=key, headers=headers) for key, value, headers in records]
-        partitions = sorted(await producer.partitions_for(topic))
-        partition_of = self._partitioner
-        by_partition: dict[int, list] = {}
-        for rec in records:
-            key = rec[0]
-            p = partition_of(key, partitions, partitions) if key is not None else random.choice(partitions)
-            by_partition.setdefault(p, []).append(rec)
-        futures = []
-        for p, recs in by_partition.items():
-            batch = producer.create_batch()
-            for key, value, headers in recs:
-                if batch.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
-                    futures.append(await producer.send_batch(batch, topic, partition=p))
-                    batch = producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None, headers=headers or [])
-            futures.append(await producer.send_batch(batch, topic, partition=p))
-        return futures
+        return await send_batched(producer, (OutRecord(topic, key, value, headers) for key, value, headers in records))
 
     async def stop(self) -> None:
         if self.producer is not None:
