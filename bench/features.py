@@ -338,7 +338,7 @@ class Bench:
 
     def worker(self, prefix: str, name: str, offline: bool = False) -> ServiceProcess:
         port = free_port()
-        env = {"FEATURES_ROLE": self.args.role, "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers, "LOOPLINE_TOPIC_PREFIX": prefix,
+        env = {"KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers, "LOOPLINE_TOPIC_PREFIX": prefix,
                "LOOPLINE_SPEC_PATH": str(SPEC_PATH), "FEATURES_PORT": str(port),
                "FEATURES_DATA_DIR": str(self.tmp / name / "data"), "FEATURES_OFFLINE": str(offline).lower(),
                "FEATURES_OFFLINE_URL": str(self.tmp / name / "offline"), "LOOPLINE_LOG_LEVEL": "WARNING"}
@@ -950,9 +950,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--profile-out", type=Path, default=None, help="also keep py-spy's raw stacks in this file")
     ap.add_argument("--no-join-wait", dest="join_wait", action="store_false",
                     help="do not wait for the worker's label join to catch up after each throughput run")
-    ap.add_argument("--role", choices=["all", "features", "join"], default="all",
-                    help="FEATURES_ROLE of the measured worker: all (features + label join in one process, the "
-                         "default deployment) or features (the same work as the bare loop; the join runs elsewhere)")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-freshness", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")

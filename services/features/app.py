@@ -1,14 +1,13 @@
 """The faust app: agents for features and the label join, tables for their state, HTTP pages.
 
 `create_app(settings)` builds everything (nothing happens at import); `python -m services.features`
-runs it as a faust worker; FEATURES_ROLE picks the agents (both, or one of them). Processing is
-at-least-once, in batches (runtime.batches): a batch's snapshots are acknowledged before its new
-states are stored, faust flushes the producer before it commits offsets, and a redelivered event is
-recognised by its event_id and re-emits an identical snapshot, which consumers dedup.
+runs it as a faust worker. Processing is at-least-once: faust flushes the producer (snapshots and
+table changelogs) before it commits offsets; a redelivered event is recognised by its event_id and
+re-emits an identical snapshot, which consumers dedup.
 """
 from __future__ import annotations
 
-import asyncio
+import heapq
 import logging
 import time
 from collections import defaultdict
@@ -16,16 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.partitioner import murmur2
 from aiokafka.errors import KafkaError
 
 from services.features.config import FeaturesSettings
-from services.features.domain import LabelJoin, decode_entry, encode_entry, entity_key, entry_header, process_event
+from services.features.domain import LabelJoin, decode_entry, encode_entry, entity_key, process_event
 from services.features.metrics import FeaturesMetrics
 from services.features.offline import OfflineWriter
-from services.features.runtime import App, Table, batches, use_event
+from services.features.runtime import App
 from shared.features import FeatureEngine
-from shared.kafka import OutRecord, dead_letter_headers, send_batched
+from shared.kafka import dead_letter_headers
 from shared.metrics import render
 from shared.offline import open_store
 from shared.serialization import dumps, loads, parse_time
@@ -70,8 +70,7 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
 
     # The app id (consumer group, table changelogs) includes the feature definitions' hash: new
     # definitions start fresh state and recompute from the retained log instead of misreading old state.
-    # The join role on its own is a group of its own (same tables as "all" otherwise).
-    app_id = topics.group("features-join" if settings.role == "join" else "features", f"defs-{engine.feature_hash}")
+    app_id = topics.group("features", f"defs-{engine.feature_hash}")
     app = App(
         app_id,
         **faust_broker(settings),
@@ -93,7 +92,7 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
         web_bind=settings.host,
         web_port=settings.port,
         web_host=settings.host,
-        stream_wait_empty=True,  # see runtime.batches: rebalances wait for the batch in hand
+        stream_wait_empty=False,
     )
 
     def topic(base: str) -> faust.TopicT:
@@ -110,139 +109,111 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
     # database) let memory grow with every entity read; these bound each database.
     rocksdb = {"write_buffer_size": settings.rocksdb_write_buffer_mib << 20, "max_write_buffer_number": 2,
                "block_cache_size": settings.rocksdb_block_cache_mib << 20}
+    state_table = app.Table("entity-state", default=None, partitions=partitions,
+                            key_type=bytes, value_type=bytes, options=rocksdb)
+    join_table = app.Table("label-join", default=None, partitions=partitions,
+                           key_type=bytes, value_type=bytes, options=rocksdb)
 
-    def table(name: str) -> Table:
-        return app.tables.add(Table(app, name=name, default=None, partitions=partitions, key_type=bytes,
-                                    value_type=bytes, options=rocksdb))
-
-    def producer() -> AIOKafkaProducer:
-        # Straight to the transport's aiokafka producer and its batch API: faust's Topic.send
-        # (FutureMessage, callbacks) and send() per record cost several times more. faust still
-        # flushes this producer before it commits offsets, so at-least-once holds.
-        return app.producer._ensure_producer()
+    async def emit(topic_name: str, key: bytes, value: bytes) -> None:
+        # Straight to the transport producer: faust's Topic.send machinery (FutureMessage,
+        # callbacks) measured ~50% slower per record. faust still flushes this producer before it
+        # commits offsets, so at-least-once holds.
+        await app.producer.send(topic_name, key, value, None, None, None)
 
     async def dead_letter(event: faust.EventT, reason: str, code: str) -> None:
         msg = event.message
         headers = dead_letter_headers(msg, ValueError(reason), SERVICE, code)
         await dlq_t.send(key=event.key, value=event.value, headers=headers)
 
-    def features_role() -> faust.types.AgentT:
-        state_table = table("entity-state")
-        read_state = state_table.read
-        outcomes = {s: metrics.events.labels(s) for s in ("new", "duplicate", "late", "unknowable")}
-        observe_latency = metrics.snapshot_latency.observe
+    @app.agent(events_t)
+    async def compute_features(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            record = loads(event.value)
+            key = entity_key(record).encode()
+            out = process_event(engine, state_table.get(key), record)
+            metrics.events.labels(out.status).inc()
+            if out.status == "late":
+                metrics.late.inc()
+                await dead_letter(event, out.reason, "late")
+                continue
+            if out.state is not None:
+                state_table[key] = out.state
+            if out.snapshot is not None:
+                value = dumps(out.snapshot)
+                await emit(features_name, key, value)
+                await emit(by_event_name, record["event_id"].encode(), value)
+                metrics.snapshot_latency.observe(
+                    max(0.0, time.time() - parse_time(record["ingested_at"]).timestamp()))
 
-        @app.agent(events_t)
-        async def compute_features(stream: faust.StreamT) -> None:
-            # In batches: the records of a batch reach the producer together (few, full produce
-            # requests instead of one per event) and each entity's state is written once per batch.
-            # A batch's events are acked only after this loop body has finished with them.
-            async for events in batches(stream, settings.batch_max):
-                states: dict[bytes, tuple[bytes, faust.EventT]] = {}
-                out_records: list[OutRecord] = []
-                for event in events:
-                    record = loads(event.value)
-                    key = entity_key(record).encode()
-                    use_event(event)
-                    out = process_event(engine, states[key][0] if key in states else read_state(key), record)
-                    outcomes[out.status].inc()
-                    if out.status == "late":
-                        metrics.late.inc()
-                        await dead_letter(event, out.reason, "late")
-                        continue
-                    if out.state is not None:
-                        states[key] = (out.state, event)
-                    if out.snapshot is not None:
-                        value = dumps(out.snapshot)
-                        out_records.append(OutRecord(features_name, key, value))
-                        out_records.append(OutRecord(by_event_name, record["event_id"].encode(), value))
-                        observe_latency(max(0.0, time.time() - parse_time(record["ingested_at"]).timestamp()))
-                # Snapshots first, acknowledged, and only then the new states: if the worker dies in
-                # between, the redelivered events are new again and yield the same snapshots. The
-                # other order could leave a state holding events whose snapshots were never sent
-                # (a redelivered duplicate cannot always rebuild its snapshot once old events are evicted).
-                await asyncio.gather(*await send_batched(producer(), out_records))
-                for key, (state, event) in states.items():
-                    use_event(event)  # its partition's database and changelog partition
-                    state_table.put(key, state)
-                await state_table.flush_changelog()
+    # Join entries expire by stream time (newest snapshot event time seen on the partition);
+    # the heap per partition is rebuilt from the table after a restart or rebalance.
+    stream_time: dict[int, float] = defaultdict(float)
+    expiry: dict[int, list[tuple[float, bytes]]] = {}
 
-        return compute_features
+    def partition_of(key: bytes) -> int:
+        return (murmur2(key) & 0x7FFFFFFF) % partitions
 
-    def join_role() -> faust.types.AgentT:
-        join_table = table("label-join")
-        # Join entries expire by stream time: the newest snapshot event time seen on their partition.
-        # A sweep scans the local join table (entry headers only) whenever some partition's stream
-        # time has moved on by a twentieth of the max delay: no index in memory, so memory does not
-        # grow with the number of snapshots waiting for labels; expiry is at most that much late.
-        stream_time: dict[int, float] = defaultdict(float)
-        swept_at: dict[int, float] = defaultdict(float)
-        sweep_every = max(1.0, joiner.max_delay / 20)
+    def expiry_heap(p: int) -> list[tuple[float, bytes]]:
+        if p not in expiry:
+            heap = [(decode_entry(v)["t"] + joiner.max_delay, k) for k, v in join_table.items()
+                    if v is not None and partition_of(k) == p]
+            heapq.heapify(heap)
+            expiry[p] = heap
+        return expiry[p]
 
-        def sweep() -> None:
-            expired = []
-            for key, value in join_table.data.items():
-                t, p = entry_header(value)
-                if t + joiner.max_delay < stream_time[p]:
-                    kind = joiner.expired(decode_entry(value), stream_time[p])
-                    if kind is not None:
-                        expired.append((key, p, kind))
-            for key, p, kind in expired:
-                join_table.delete(key, p)
-                metrics.expired.labels(kind).inc()
-            swept_at.update(stream_time)
+    def sweep(p: int) -> None:
+        heap = expiry_heap(p)
+        now = stream_time[p]
+        while heap and heap[0][0] < now:
+            _, key = heapq.heappop(heap)
+            entry = decode_entry(join_table.get(key))
+            if entry is None:
+                continue
+            kind = joiner.expired(entry, now)
+            if kind is None:  # re-armed later (e.g. the snapshot came after the label)
+                heapq.heappush(heap, (entry["t"] + joiner.max_delay, key))
+                continue
+            metrics.expired.labels(kind).inc()
+            del join_table[key]
 
-        label_outcomes = {s: metrics.labels.labels(s)
-                          for s in ("waiting", "joined", "duplicate", "conflict", "late_label")}
+    @app.agent(join_source)
+    async def join_labels(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            msg = event.message
+            record = loads(event.value)
+            key = event.key
+            entry = decode_entry(join_table.get(key))
+            if msg.topic == topics["labels"]:
+                out = joiner.on_label(entry, record)
+                metrics.labels.labels(out.status).inc()
+            else:
+                out = joiner.on_snapshot(entry, record)
+                stream_time[msg.partition] = max(stream_time[msg.partition], out.entry["t"] if out.entry
+                                                 else stream_time[msg.partition])
+            if out.status in ("conflict", "late_label"):
+                await dead_letter(event, out.reason, out.status)
+            if out.entry is not None:
+                join_table[key] = encode_entry(out.entry)
+                heapq.heappush(expiry_heap(msg.partition), (out.entry["t"] + joiner.max_delay, key))
+            if out.example is not None:
+                await emit(examples_name, entity_key(out.example).encode(), dumps(out.example))
+                metrics.examples.inc()
+            sweep(msg.partition)
 
-        @app.agent(join_source)
-        async def join_labels(stream: faust.StreamT) -> None:
-            async for events in batches(stream, settings.batch_max):
-                examples: list[OutRecord] = []
-                for event in events:
-                    msg = event.message
-                    use_event(event)
-                    record = loads(event.value)
-                    key = event.key
-                    entry = decode_entry(join_table.read(key))
-                    if msg.topic == topics["labels"]:
-                        out = joiner.on_label(entry, record)
-                        label_outcomes[out.status].inc()
-                    else:
-                        out = joiner.on_snapshot(entry, record)
-                        if out.entry is not None:
-                            stream_time[msg.partition] = max(stream_time[msg.partition], out.entry["t"])
-                    if out.status in ("conflict", "late_label"):
-                        await dead_letter(event, out.reason, out.status)
-                    if out.entry is not None:
-                        join_table.put(key, encode_entry(out.entry, msg.partition))
-                    if out.example is not None:
-                        examples.append(OutRecord(examples_name, entity_key(out.example).encode(), dumps(out.example)))
-                if any(now - swept_at[p] >= sweep_every for p, now in stream_time.items()):
-                    sweep()
-                await join_table.flush_changelog()
-                await send_batched(producer(), examples)
-                metrics.examples.inc(len(examples))
-
-        return join_labels
-
-    agents = []
-    if settings.role in ("all", "features"):
-        agents.append(features_role())
-    if settings.role in ("all", "join"):
-        agents.append(join_role())
-    sources = [name for agent in agents for name in agent.channel.topics]
+    @app.on_partitions_revoked.connect
+    async def forget_heaps(app_: faust.App, revoked: set, **_: Any) -> None:
+        expiry.clear()
 
     progress = Progress()
     offline = OfflineWriter(settings, topics, open_store(settings.offline_url, spec), metrics) \
-        if settings.offline and settings.role != "join" else None
+        if settings.offline else None
 
     if offline is not None:
         @app.task
         async def write_offline() -> None:
             await offline.run(app)
 
-    source_parts = [TopicPartition(name, p) for name in sources for p in range(partitions)]
+    event_parts = [TopicPartition(topics["events"], p) for p in range(partitions)]
     lag_reader: list[AIOKafkaConsumer] = []
 
     @app.timer(5.0)
@@ -253,7 +224,7 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
                                       enable_auto_commit=False)
             await reader.start()
             lag_reader.append(reader)
-        await _track(lag_reader[0], source_parts, progress, metrics)
+        await _track(lag_reader[0], event_parts, progress, metrics)
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
@@ -265,8 +236,7 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
         checks = {"recovered": not app.in_recovery and not app.rebalancing,
                   "progressing": not stalled, "lag_known": progress.lag >= 0}
         ok = all(checks.values())
-        # partitions of the role's first source topic (events; snapshots.by-event for the join)
-        assigned = sum(1 for tp in app.consumer.assignment() if tp.topic == sources[0])
+        assigned = sum(1 for tp in app.consumer.assignment() if tp.topic == topics["events"])
         return web.json({"ready": ok, "lag": progress.lag, "assigned": assigned, "checks": checks},
                         status=200 if ok else 503)
 
@@ -277,7 +247,7 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
         return web.bytes(body, content_type=content_type.split(";")[0] + "; version=0.0.4")
 
     app.loopline = {"engine": engine, "topics": topics, "metrics": metrics, "settings": settings,
-                    "agents": agents}
+                    "agents": (compute_features, join_labels)}
     return app
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -13,8 +12,6 @@ from shared.settings import ServiceSettings
 class FeaturesSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FEATURES_", extra="ignore", populate_by_name=True)
 
-    role: Literal["all", "features", "join"] = Field(
-        "all", description="Agents this worker runs: all, features only, or the label join only")
     host: str = "127.0.0.1"
     port: int = Field(8002, ge=1, le=65535, description="HTTP port for /healthz, /readyz, /metrics")
     data_dir: Path = Field(Path("var/features"), description="Local table store (RocksDB) of this worker")
@@ -25,7 +22,6 @@ class FeaturesSettings(ServiceSettings):
     offline: bool = Field(True, description="Write events, snapshots and examples to the offline store")
     offline_flush_rows: int = Field(20_000, ge=1, description="Rows buffered before a Parquet write")
     offline_flush_s: float = Field(10.0, gt=0, description="Longest wait before a Parquet write")
-    batch_max: int = Field(1000, ge=1, description="Most events an agent processes as one batch (it never waits to fill one)")
     session_timeout_s: float = Field(20.0, gt=0, description="Group session timeout: how soon a dead worker's partitions move")
     commit_interval_s: float = Field(1.0, gt=0, description="Offset commit interval of the stream")
     stall_after_s: float = Field(60.0, gt=0, description="/readyz fails when lag stands still this long")

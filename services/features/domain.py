@@ -4,7 +4,6 @@ Plain functions over bytes-in/bytes-out state so the faust agents stay thin and 
 """
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,19 +119,9 @@ class LabelJoin:
         return "snapshot" if entry.get("snapshot") is not None else "label"
 
 
-# A join-table value: event time and partition ahead of the JSON entry, so that an expiry sweep
-# reads 10 bytes per entry and decodes only the expired ones.
-_HEADER = struct.Struct(">dH")
-
-
-def encode_entry(entry: dict[str, Any], partition: int) -> bytes:
-    return _HEADER.pack(entry["t"], partition) + dumps(entry)
-
-
-def entry_header(data: bytes) -> tuple[float, int]:
-    """(event time, partition) of an encoded entry."""
-    return _HEADER.unpack_from(data)
+def encode_entry(entry: dict[str, Any]) -> bytes:
+    return dumps(entry)
 
 
 def decode_entry(data: bytes | None) -> dict[str, Any] | None:
-    return loads(data[_HEADER.size:]) if data else None
+    return loads(data) if data else None
