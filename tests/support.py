@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import signal
 import socket
@@ -22,10 +23,24 @@ ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
 
 
+_given_ports: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below the kernel's ephemeral range (32768+ here): a port from bind(0)
+    can be taken by some client's outgoing connection before the server binds it (a broker start
+    failed that way in CI). Never the same port twice in one process."""
+    while True:
+        port = random.randint(20_000, 32_000)
+        if port in _given_ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given_ports.add(port)
+        return port
 
 
 class Broker:
@@ -46,8 +61,19 @@ class Broker:
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def start(self) -> Broker:
-        self._run("start")
-        return self
+        for attempt in range(3):
+            try:
+                self._run("start")
+                return self
+            except subprocess.CalledProcessError as exc:
+                reason = (exc.stderr or b"").decode(errors="replace")[-3000:]
+                if attempt == 2:
+                    raise RuntimeError(f"kafka.sh start failed 3 times; last output:\n{reason}") from None
+                print(f"kafka.sh start failed, retrying on other ports:\n{reason}", file=sys.stderr)
+                subprocess.run([str(KAFKA_SH), "stop"], env=self.env, check=False, capture_output=True)
+                shutil.rmtree(self.data, ignore_errors=True)
+                self.__init__()  # fresh ports and data directory
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         self._run("stop")
