@@ -124,17 +124,21 @@ start() {
   # recovers both on start, so the data directory is reused as is.
   : >"$data/stdout.log"
   nohup "${java_argv[@]}" kafka.Kafka "$data/server.properties" >>"$data/stdout.log" 2>&1 &
-  echo $! >"$pidfile"
-  log "starting Apache Kafka $version (pid $!) on 127.0.0.1:$port, data in $data"
+  local pid=$!
+  echo "$pid" >"$pidfile"
+  log "starting Apache Kafka $version (pid $pid) on 127.0.0.1:$port, data in $data"
   local waited=0
   until port_open "$port" && grep -q "Kafka Server started" "$logfile" 2>/dev/null; do
-    if ! running_pid >/dev/null; then
+    # Not running_pid: until the forked shell has exec'd java, its command line is not Kafka's
+    # yet (that check failed intermittently here, and removed the pid file of a live broker).
+    if ! kill -0 "$pid" 2>/dev/null; then
       log "broker exited during start; last lines of $data/stdout.log and $logfile:"
       tail -n 20 "$data/stdout.log" "$logfile" >&2 || true
       exit 1
     fi
     if [ "$waited" -ge "$((timeout * 5))" ]; then
-      log "broker not ready after ${timeout}s"
+      log "broker not ready after ${timeout}s; stopping it"
+      kill "$pid" 2>/dev/null || true
       tail -n 20 "$logfile" >&2 || true
       exit 1
     fi
