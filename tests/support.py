@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,30 +15,11 @@ from pathlib import Path
 import httpx
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from deploy.free_ports import free_port  # noqa: F401  (re-exported for tests and bench)
 from shared.settings import KafkaSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
-
-
-_given_ports: set[int] = set()
-
-
-def free_port() -> int:
-    """A free loopback port below the kernel's ephemeral range (32768+ here): a port from bind(0)
-    can be taken by some client's outgoing connection before the server binds it (a broker start
-    failed that way in CI). Never the same port twice in one process."""
-    while True:
-        port = random.randint(20_000, 32_000)
-        if port in _given_ports:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _given_ports.add(port)
-        return port
 
 
 class Broker:
