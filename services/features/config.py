@@ -15,7 +15,6 @@ class FeaturesSettings(ServiceSettings):
     host: str = "127.0.0.1"
     port: int = Field(8002, ge=1, le=65535, description="HTTP port for /healthz, /readyz, /metrics")
     data_dir: Path = Field(Path("var/features"), description="Local table store (RocksDB) of this worker")
-    store: str = Field("rocksdb://", description="faust table store: rocksdb:// (durable) or memory://")
     rocksdb_write_buffer_mib: int = Field(4, ge=1, description="RocksDB write buffer per table partition (x2)")
     rocksdb_block_cache_mib: int = Field(8, ge=1, description="RocksDB block cache per table partition")
     offline_url: str = Field("var/offline", description="Offline store (Parquet) path or file:// URL")

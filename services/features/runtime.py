@@ -1,23 +1,49 @@
-"""faust-streaming with two measured fixes; `App` is a drop-in `faust.App`.
+"""faust-streaming with batch delivery; `App` is a `faust.App` plus `batch_agent` and `BatchTable`.
 
-1. faust's aiokafka driver hard-codes `fetch_max_wait_ms=1500`: a fetch that includes a quiet
-   partition (a changelog, the labels topic) may hold back records of a busy one for 1.5 s.
-   `FETCH_MAX_WAIT_MS` bounds that wait.
-2. faust's Monitor sensor keeps per-message statistics for its own web UI; the service exports
-   Prometheus metrics instead, so `App` leaves the Monitor out of the sensors (~15 µs per record).
+Measured on this project's 2-core machine (README, Features): a faust agent costs ~220 µs CPU per
+record before doing any work (the consumer races each delivery against a rebalance with
+`wait_first`: four tasks and an `asyncio.wait`; then a channel queue, an Event, stream acks), and
+a table write ~350-480 µs (`send_soon`, a FutureMessage, a producer-buffer hop, a per-record
+callback writing the persisted offset). The feature worker's hot topics therefore go through
+`App.batch_agent`: the consumer hands each fetch's records to the handler as one batch
+(`{TopicPartition: [Message, ...]}`), the handler reads and writes `BatchTable`s by explicit
+partition and produces everything in record batches (`send_all`), and the records are acked only
+after every output, table changelogs included, is acknowledged by the broker. What stays faust's:
+the consumer group, rebalances, offset tracking and commits, table stores, changelog topics,
+recovery, standby replicas, the web server, timers. Topics without a batch agent (changelogs,
+standbys) take faust's own per-message path unchanged.
 
-faust-streaming is pinned (0.15.3); tests/unit/test_features_runtime.py fails if a replaced
-method changes upstream. What else was measured and not kept is in the README (Features).
+Rebalances: a batch runs under `Consumer.batch_lock`, which `on_partitions_revoked` takes first, so
+a revocation waits for the batch in flight (it is short: one fetch), and never sees acks landing
+after faust has reset its offset bookkeeping (a stale ack ahead of the committed offset would be
+committed as the next position and skip records). A batch fetched under an older consumer
+generation is dropped without acks; faust seeks to the committed offsets after the rebalance, so
+those records come again.
+
+Also: faust's aiokafka driver hard-codes `fetch_max_wait_ms=1500`, so a fetch that includes a quiet
+partition may hold back a busy one for 1.5 s (`FETCH_MAX_WAIT_MS` bounds it); and faust's Monitor
+sensor (per-message statistics for its own web UI) is left out, the service exports Prometheus
+metrics. faust-streaming is pinned (0.15.3); tests/unit/test_features_runtime.py fails if a method
+replaced here changes upstream.
 """
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaProducer
+from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP, Message
 
+from shared.kafka import OutRecord, send_batched
 
 FETCH_MAX_WAIT_MS = 20
+
+Batch = dict[TP, list[Message]]
+BatchHandler = Callable[[Batch], Awaitable[None]]
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -28,15 +54,167 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class Consumer(faust_aiokafka.Consumer):
+    _batch_lock: asyncio.Lock | None = None
+
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    @property
+    def batch_lock(self) -> asyncio.Lock:
+        if self._batch_lock is None:
+            self._batch_lock = asyncio.Lock()
+        return self._batch_lock
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        async with self.batch_lock:  # let the batch in flight finish and ack first
+            await super().on_partitions_revoked(revoked)
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - run by every worker test
+        """faust's fetch loop (0.15.3 `Consumer._drain_messages` and `getmany`), delivering the
+        records of batch-agent topics per fetch instead of one by one."""
+        handlers: dict[str, BatchHandler] = self.app.batch_handlers
+        per_message = self.callback
+        stopped, fetcher_stopped = self._stopped.is_set, fetcher._stopped.is_set
+        try:
+            while not (stopped() or fetcher_stopped()):
+                self.diag.set_flag(CONSUMER_FETCHING)
+                records, active = await self._wait_next_records(timeout=1.0)
+                await self.sleep(0)  # the fetch may return at once, again and again
+                if not records or self.should_stop:
+                    continue
+                if not self.flow_active:
+                    # fetched while a rebalance stopped the flow: re-read from the committed offsets
+                    await self.perform_seek()
+                    continue
+                generation = self.app.consumer_generation_id
+                batches: dict[BatchHandler, Batch] = {}
+                for tp, recs in records.items():
+                    if active is not None and tp not in active and tp not in self._buffered_partitions:
+                        continue
+                    messages = await self._unread(tp, recs)
+                    handler = handlers.get(tp.topic)
+                    if handler is not None:
+                        if messages:
+                            batches.setdefault(handler, {})[tp] = messages
+                        continue
+                    for message in messages:  # faust's own path (changelogs, standbys)
+                        if not self.flow_active or self.app.consumer_generation_id != generation:
+                            break
+                        await self.wait_first(per_message(message), self.suspend_flow.wait())
+                        self._read_offset[tp] = message.offset
+                for handler, batch in batches.items():
+                    await self._deliver(handler, batch, generation)
+                if self._commit_every is not None and self._n_acked >= self._commit_every:
+                    self._n_acked = 0
+                    await self.commit()
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def _unread(self, tp: TP, records: list[Any]) -> list[Message]:
+        """The fetched records past the last one delivered, as faust Messages; offset gaps
+        (compaction, transaction markers) are recorded so that commits can pass them."""
+        last = self._read_offset[tp]
+        acks = self.app.topics.acks_enabled_for(tp.topic)
+        messages = []
+        for record in records:
+            offset = record.offset
+            if last is not None and offset < last:
+                continue
+            if last and offset - last > 1 and acks:
+                await self._add_gap(tp, last + 1, offset)
+            messages.append(self._to_message(tp, record))
+            last = offset
+        return messages
+
+    async def _deliver(self, handler: BatchHandler, batch: Batch, generation: int) -> None:
+        async with self.batch_lock:
+            if not self.flow_active or self.app.consumer_generation_id != generation:
+                return  # a rebalance came first: faust re-reads these from the committed offsets
+            await handler(batch)
+            ack = self.ack
+            for tp, messages in batch.items():
+                for message in messages:
+                    ack(message)
+                self._read_offset[tp] = messages[-1].offset
 
 
 class Transport(faust_aiokafka.Transport):
     Consumer = Consumer
 
 
+class BatchTable:
+    """Partition-explicit access to a bytes -> bytes faust table (RocksDB store) for batch agents.
+
+    Reads and writes go to the partition's RocksDB database at once; changelog records are queued
+    (the last value per key) and sent by `App.send_all` with the batch's other output, which then
+    records the persisted changelog offset as faust's own table does. The changelog topic, its
+    format, recovery and standbys are faust's."""
+
+    def __init__(self, table: faust.Table):
+        if table.key_type is not bytes or table.value_type is not bytes:
+            raise TypeError("BatchTable holds bytes keys and values only")
+        self.table = table
+        self._pending: dict[tuple[int, bytes], bytes | None] = {}
+
+    @property
+    def changelog(self) -> str:
+        return self.table.changelog_topic.get_topic_name()
+
+    def _db(self, partition: int) -> Any:
+        return self.table.data._db_for_partition(partition)
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        return self._db(partition).get(key)
+
+    def set(self, partition: int, key: bytes, value: bytes) -> None:
+        self._db(partition)[key] = value
+        self._pending[(partition, key)] = value
+
+    def delete(self, partition: int, key: bytes) -> None:
+        del self._db(partition)[key]
+        self._pending[(partition, key)] = None
+
+    def resend(self, partition: int, key: bytes) -> None:
+        """Queue the stored value's changelog record again (after a redelivery: the store may hold a
+        write whose changelog record was lost with a crash)."""
+        value = self.get(partition, key)
+        if value is not None:
+            self._pending[(partition, key)] = value
+
+    def items(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
+        offset_key = self.table.data.offset_key
+        return ((k, v) for k, v in self._db(partition).items() if k != offset_key)
+
+    def take_changelog(self) -> list[OutRecord]:
+        pending, self._pending = self._pending, {}
+        topic = self.changelog
+        return [OutRecord(topic, key, value, None, partition) for (partition, key), value in pending.items()]
+
+    def persisted(self, tp: TP, offset: int) -> None:
+        self.table.data.set_persisted_offset(tp, offset)
+
+
 class App(faust.App):
+    batch_handlers: dict[str, BatchHandler]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batch_handlers = {}
+        self.batch_tables: list[BatchTable] = []
+
     def _new_transport(self) -> Transport:
         return Transport(self.conf.broker_consumer, self)
 
@@ -44,3 +222,37 @@ class App(faust.App):
         dependencies = super().on_init_dependencies()  # adds the Monitor to the sensors
         self.sensors.remove(self.monitor)
         return dependencies
+
+    def batch_agent(self, *topics: faust.TopicT) -> Callable[[BatchHandler], BatchHandler]:
+        """Register `handler(batch)` for the topics' records: called once per fetch with the new
+        records of each assigned partition, in offset order; they are acked when it returns."""
+        def register(handler: BatchHandler) -> BatchHandler:
+            for topic in topics:
+                self.topics.add(topic)  # subscribe
+                for name in topic.topics:
+                    self.batch_handlers[name] = handler
+            return handler
+        return register
+
+    def batch_table(self, table: faust.Table) -> BatchTable:
+        batch_table = BatchTable(table)
+        self.batch_tables.append(batch_table)
+        return batch_table
+
+    @property
+    def kafka_producer(self) -> AIOKafkaProducer:
+        return self.producer._ensure_producer()
+
+    async def send_all(self, records: list[OutRecord]) -> None:
+        """Produce `records` and every batch table's queued changelog records, and wait until the
+        broker has acknowledged all of them (then the batch's input may be acked)."""
+        changelogs = {t.changelog: t for t in self.batch_tables}
+        for table in self.batch_tables:
+            records.extend(table.take_changelog())
+        if not records:
+            return
+        for meta in await asyncio.gather(*await send_batched(self.kafka_producer, records)):
+            table = changelogs.get(meta.topic)
+            if table is not None:
+                # the batch's first offset: a recovery may re-read a few records it already has
+                table.persisted(TP(meta.topic, meta.partition), meta.offset)
