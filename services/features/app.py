@@ -9,6 +9,7 @@ consumers dedup.
 """
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 import time
@@ -120,7 +121,7 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
                          dead_letter_headers(msg, ValueError(reason), SERVICE, code))
 
     @app.batch_agent(events_t)
-    async def compute_features(batch: Batch) -> None:
+    async def compute_features(batch: Batch) -> asyncio.Future[Any]:
         out: list[OutRecord] = []
         ingested: list[str] = []
         for tp, messages in batch.items():
@@ -143,10 +144,14 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
                     out.append(OutRecord(features_name, key, value))
                     out.append(OutRecord(by_event_name, record["event_id"].encode(), value))
                     ingested.append(record["ingested_at"])
-        await app.send_all(out)
-        now = time.time()
-        for at in ingested:
-            metrics.snapshot_latency.observe(max(0.0, now - parse_time(at).timestamp()))
+        done = await app.send_all(out)
+
+        def observe(_: Any) -> None:
+            now = time.time()
+            for at in ingested:
+                metrics.snapshot_latency.observe(max(0.0, now - parse_time(at).timestamp()))
+        done.add_done_callback(observe)
+        return done
 
     # Join entries expire by stream time (newest snapshot event time seen on the partition);
     # the heap per partition is rebuilt from the table after a restart or rebalance.
@@ -176,7 +181,7 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
             joins.delete(p, key)
 
     @app.batch_agent(join_source)
-    async def join_labels(batch: Batch) -> None:
+    async def join_labels(batch: Batch) -> asyncio.Future[Any]:
         out: list[OutRecord] = []
         for tp, messages in batch.items():
             p = tp.partition
@@ -203,7 +208,7 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
                     out.append(OutRecord(examples_name, entity_key(res.example).encode(), dumps(res.example)))
                     metrics.examples.inc()
             sweep(p)
-        await app.send_all(out)
+        return await app.send_all(out)
 
     @app.on_partitions_revoked.connect
     async def forget_heaps(app_: faust.App, revoked: set, **_: Any) -> None:
