@@ -956,9 +956,14 @@ def report_memory(m: dict) -> None:
         f"processed at {m['events_per_s']:,.0f} ev/s (producer running alongside)")
     log("VmRSS along the way (snapshots seen -> MiB): "
         + ", ".join(f"{n:,}->{mib:,.0f}" for n, mib in m["samples"]))
+    half = [(n, mib) for n, mib in m["samples"] if n >= m["entities"] // 2]
+    if len(half) >= 2 and half[-1][0] > half[0][0]:
+        (n0, r0), (n1, r1) = half[0], half[-1]
+        log(f"second half ({n0:,} -> {n1:,} entities): {(r1 - r0) / (n1 - n0) * 100_000:.1f} MiB per 100k entities")
     log("Each event is of a new entity, so this counts one entity-state entry and one label-join entry "
-        "(the whole snapshot, kept for the label's max_delay) per event. Both tables are faust RocksDB stores "
-        "(one DB per partition and table) with faust's defaults unless app.py sets table options.")
+        "(the whole snapshot, kept for the label's max_delay, and its expiry-index key) per event. Both tables "
+        "are faust RocksDB stores (one DB per partition and table) with the write-buffer and block-cache sizes "
+        "set in services/features/app.py.")
 
 
 # ---------------------------------------------------------------- main

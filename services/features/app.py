@@ -10,7 +10,6 @@ consumers dedup.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import time
 from collections import defaultdict
@@ -22,7 +21,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from services.features.config import FeaturesSettings
-from services.features.domain import LabelJoin, decode_entry, encode_entry, entity_key, process_event
+from services.features.domain import (
+    EXPIRY, LabelJoin, decode_entry, decode_expiry, encode_entry, entity_key, expiry_key, process_event,
+)
 from services.features.metrics import FeaturesMetrics
 from services.features.offline import OfflineWriter
 from services.features.runtime import App, Batch
@@ -153,39 +154,33 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
         done.add_done_callback(observe)
         return done
 
-    # Join entries expire by stream time (newest snapshot event time seen on the partition);
-    # the heap per partition is rebuilt from the table after a restart or rebalance.
+    # Join entries expire by stream time (the newest snapshot event time seen on the partition).
+    # The join table also holds an expiry index, sorted by time: RocksDB keeps it, not memory.
     stream_time: dict[int, float] = defaultdict(float)
-    expiry: dict[int, list[tuple[float, bytes]]] = {}
 
-    def expiry_heap(p: int) -> list[tuple[float, bytes]]:
-        if p not in expiry:
-            heap = [(decode_entry(v)["t"] + joiner.max_delay, k) for k, v in joins.items(p)]
-            heapq.heapify(heap)
-            expiry[p] = heap
-        return expiry[p]
+    def expires(entry: dict[str, Any] | None) -> float | None:
+        return None if entry is None else entry["t"] + joiner.max_delay
 
     def sweep(p: int) -> None:
-        heap = expiry_heap(p)
         now = stream_time[p]
-        while heap and heap[0][0] < now:
-            _, key = heapq.heappop(heap)
+        due = []
+        for index_key, _ in joins.items_from(p, EXPIRY):
+            at, key = decode_expiry(index_key)
+            if at >= now:
+                break
+            due.append((index_key, key))
+        for index_key, key in due:
+            joins.delete(p, index_key)
             entry = decode_entry(joins.get(p, key))
-            if entry is None:
-                continue
-            kind = joiner.expired(entry, now)
-            if kind is None:  # re-armed later (e.g. the snapshot came after the label)
-                heapq.heappush(heap, (entry["t"] + joiner.max_delay, key))
-                continue
-            metrics.expired.labels(kind).inc()
-            joins.delete(p, key)
+            if entry is not None and (kind := joiner.expired(entry, now)) is not None:
+                metrics.expired.labels(kind).inc()
+                joins.delete(p, key)
 
     @app.batch_agent(join_source)
     async def join_labels(batch: Batch) -> asyncio.Future[Any]:
         out: list[OutRecord] = []
         for tp, messages in batch.items():
             p = tp.partition
-            heap = expiry_heap(p)
             for msg in messages:
                 record = loads(msg.value)
                 key = msg.key
@@ -201,7 +196,10 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
                     out.append(dead_letter(msg, res.reason, res.status))
                 if res.entry is not None:
                     joins.set(p, key, encode_entry(res.entry))
-                    heapq.heappush(heap, (res.entry["t"] + joiner.max_delay, key))
+                    if (at := expires(res.entry)) != (before := expires(entry)):
+                        if before is not None:
+                            joins.delete(p, expiry_key(before, key))
+                        joins.set(p, expiry_key(at, key), b"")
                 elif entry is not None:
                     joins.resend(p, key)  # a redelivery (see compute_features)
                 if res.example is not None:
@@ -209,10 +207,6 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
                     metrics.examples.inc()
             sweep(p)
         return await app.send_all(out)
-
-    @app.on_partitions_revoked.connect
-    async def forget_heaps(app_: faust.App, revoked: set, **_: Any) -> None:
-        expiry.clear()
 
     progress = Progress()
     offline = OfflineWriter(settings, topics, open_store(settings.offline_url, spec), metrics) \

@@ -4,6 +4,7 @@ Plain functions over bytes-in/bytes-out state so the faust agents stay thin and 
 """
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +118,21 @@ class LabelJoin:
         if entry.get("snapshot") is not None and entry.get("label") is not None:
             return "joined"
         return "snapshot" if entry.get("snapshot") is not None else "label"
+
+
+# The join table's expiry index: keys EXPIRY + expiry time (big-endian float64, so RocksDB's byte
+# order is time order for the positive epoch times) + the entry's key. 0xfe never occurs in UTF-8,
+# so index keys never clash with event ids and sort after all of them.
+EXPIRY = b"\xfe"
+_TIME = struct.Struct(">d")
+
+
+def expiry_key(at: float, key: bytes) -> bytes:
+    return EXPIRY + _TIME.pack(at) + key
+
+
+def decode_expiry(index_key: bytes) -> tuple[float, bytes]:
+    return _TIME.unpack_from(index_key, 1)[0], index_key[1 + _TIME.size:]
 
 
 def encode_entry(entry: dict[str, Any]) -> bytes:

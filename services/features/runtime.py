@@ -252,9 +252,9 @@ class BatchTable:
         if value is not None:
             self._pending[(partition, key)] = value
 
-    def items(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
-        offset_key = self.table.data.offset_key
-        return ((k, v) for k, v in self._db(partition).items() if k != offset_key)
+    def items_from(self, partition: int, start: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """The partition's entries in key order, from `start` on."""
+        return iter(self._db(partition).items(from_key=start))
 
     def take_changelog(self) -> list[OutRecord]:
         pending, self._pending = self._pending, {}
