@@ -270,6 +270,45 @@ async def _bare_loop(kafka: KafkaSettings, events_topic: str, out_prefix: str, g
         await consumer.stop()
 
 
+# ---------------------------------------------------------------- load generator's HTTP client
+
+class HttpPool:
+    """A lean HTTP/1.1 client for the load generator: `size` keep-alive connections, one request at a
+    time on each. httpx cost this process ~3-6 ms CPU per request (0.3-0.6 of a core at 100 requests/s,
+    measured), taken from the worker and broker it measures; ingest (uvicorn) answers with a
+    Content-Length, which is all this reads."""
+
+    def __init__(self, host: str, port: int, size: int):
+        self.host, self.port, self.size = host, port, size
+        self.idle: asyncio.Queue = asyncio.Queue()
+
+    async def __aenter__(self) -> HttpPool:
+        for _ in range(self.size):
+            self.idle.put_nowait(await asyncio.open_connection(self.host, self.port))
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        while not self.idle.empty():
+            self.idle.get_nowait()[1].close()
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        reader, writer = await self.idle.get()
+        try:
+            writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            data = await reader.readexactly(length)
+        except BaseException:
+            writer.close()  # the connection's state is unknown: replace it
+            self.idle.put_nowait(await asyncio.open_connection(self.host, self.port))
+            raise
+        self.idle.put_nowait((reader, writer))
+        return status, data
+
+
 # ---------------------------------------------------------------- snapshot reader (child process)
 
 def snapshot_reader_main(bootstrap: str, topic: str, events_topic: str, conn) -> None:
@@ -515,10 +554,13 @@ class Bench:
 
     # ------------------------------------------------------------ 3. freshness
 
-    async def freshness(self, rate: float, duration_s: float, warm_s: float = 3.0) -> dict[str, Any]:
-        import httpx
+    async def freshness(self, rate: float, duration_s: float, warm_s: float = 3.0, bare: bool = False) -> dict[str, Any]:
+        """ingest ack -> snapshot at a steady rate, through the worker or (bare=True) the bare loop."""
         topics = Topics(unique_prefix("freshness"))
         await ensure_topics(self.kafka, topics)
+        if bare:
+            await create_topic(self.kafka, topics.prefix + "entity-state", topics.spec_of(topics["events"]).partitions,
+                               {"cleanup.policy": "compact"})
         ingest_port = free_port()
         ingest = ServiceProcess("services.ingest", {
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers, "LOOPLINE_TOPIC_PREFIX": topics.prefix,
@@ -526,6 +568,7 @@ class Bench:
         }, port=ingest_port, log_dir=self.tmp)
         worker = self.worker(topics.prefix, f"fresh{int(rate)}", offline=self.args.freshness_offline)
         per_batch = self.args.batch
+        bare_proc: mp.Process | None = None
         interval = per_batch / rate
         n_batches = int((warm_s + duration_s) * rate / per_batch)
         n_warm = int(warm_s * rate / per_batch)
@@ -541,30 +584,37 @@ class Bench:
         conn_parent, conn_child = mp.get_context("spawn").Pipe()
         reader = None
         try:
-            log(f"  freshness at {rate:,.0f} events/s: starting ingest and the worker "
-                f"(offline writer {'on' if self.args.freshness_offline else 'off'})")
-            await asyncio.gather(asyncio.to_thread(ingest.start), asyncio.to_thread(worker.start))
+            if bare:
+                log(f"  freshness at {rate:,.0f} events/s: starting ingest and the bare loop")
+                await asyncio.to_thread(ingest.start)
+                bare_proc = spawn(bare_loop_main, self.kafka.bootstrap_servers, topics["events"], topics.prefix,
+                                  f"{topics.prefix}bare.fresh", n_batches * per_batch)
+                await asyncio.sleep(3)  # joined its group and positioned (it reads from the start anyway)
+            else:
+                log(f"  freshness at {rate:,.0f} events/s: starting ingest and the worker "
+                    f"(offline writer {'on' if self.args.freshness_offline else 'off'})")
+                await asyncio.gather(asyncio.to_thread(ingest.start), asyncio.to_thread(worker.start))
             reader = spawn(snapshot_reader_main, self.kafka.bootstrap_servers, topics["features"], topics["events"],
                            conn_child)
             if not await asyncio.to_thread(conn_parent.poll, 60):
                 raise RuntimeError("snapshot reader did not start")
             conn_parent.recv()
-            meter = CpuMeter({"worker": worker.proc.pid, "ingest": ingest.proc.pid, "reader": reader.pid,
+            meter = CpuMeter({"bare loop" if bare else "worker": bare_proc.pid if bare_proc else worker.proc.pid,
+                              "ingest": ingest.proc.pid, "reader": reader.pid,
                               "broker": broker_pid()}).start()
             meter_t0 = time.monotonic()
-            limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-            async with httpx.AsyncClient(base_url=ingest.url, limits=limits, timeout=30) as client:
+            async with HttpPool("127.0.0.1", ingest_port, size=32) as client:
                 async def post(i: int, body: bytes) -> None:
                     try:
-                        r = await client.post("/v1/events", content=body, headers={"content-type": "application/json"})
-                    except httpx.HTTPError as exc:  # counted, so an overloaded run still reports its figures
-                        failures[f"client {type(exc).__name__}"] += 1
+                        status, text = await asyncio.wait_for(client.post("/v1/events", body), 30)
+                    except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as exc:
+                        failures[f"client {type(exc).__name__}"] += 1  # counted: an overloaded run still reports
                         return
                     t = time.time()
-                    if r.status_code != 202:
-                        failures[f"{r.status_code} {r.text[:100]}"] += 1
+                    if status != 202:
+                        failures[f"{status} {text[:100]!r}"] += 1
                         return
-                    ids = r.json()["event_ids"]
+                    ids = orjson.loads(text)["event_ids"]
                     for eid in ids:
                         acks[eid] = t
                     if i >= n_warm:
@@ -590,7 +640,7 @@ class Bench:
                 while (end := await watch.end(topics["features"])) < len(acks) and time.monotonic() < deadline:
                     await asyncio.sleep(0.1)
                 await asyncio.sleep(0.5)
-                if end < len(acks):
+                if end < len(acks) and not bare:
                     log(f"    only {end:,} snapshots on {topics['features']} for {len(acks):,} acknowledged events "
                         f"after 30 s ({await watch.end(topics['events']):,} on {topics['events']}, "
                         f"{await watch.end(topics['events.dlq']):,} dead-lettered); "
@@ -599,13 +649,17 @@ class Bench:
             cpu_wall = time.monotonic() - meter_t0
             conn_parent.send("stop")
             got, produced = await asyncio.to_thread(conn_parent.recv)
-            text = await fetch_metrics(worker.url)
+            text = "" if bare else await fetch_metrics(worker.url)
         except BaseException:
-            log(f"worker log ({worker.log_path}):\n{worker.tail(20)}\ningest log:\n{ingest.tail(20)}")
+            if not bare:
+                log(f"worker log ({worker.log_path}):\n{worker.tail(20)}")
+            log(f"ingest log:\n{ingest.tail(20)}")
             raise
         finally:
             if reader is not None:
                 stop_process(reader, 5)
+            if bare_proc is not None:
+                stop_process(bare_proc)
             await asyncio.gather(asyncio.to_thread(worker.stop), asyncio.to_thread(ingest.stop))
 
         by_id = {}
@@ -632,7 +686,7 @@ class Bench:
         sustained = (not failures and missing == 0 and achieved >= 0.95 * rate
                      and last_q <= max(250.0, 3 * first_q))
         res = {
-            "rate_target": rate, "rate_achieved": achieved, "measured": len(lat_recv), "missing": missing,
+            "run": "bare loop" if bare else "worker", "rate_target": rate, "rate_achieved": achieved, "measured": len(lat_recv), "missing": missing,
             "warm_up_events": n_warm * per_batch, "failures": dict(failures),
             "recv_ms": pct(lat_recv), "timestamp_ms": pct(lat_ts), "event_record_ms": pct(lat_rec),
             "negative_recv": sum(1 for x in lat_recv if x < 0),
@@ -913,12 +967,12 @@ def report_freshness(runs: list[dict]) -> None:
     rows = []
     for r in runs:
         e, a, t = r["event_record_ms"], r["recv_ms"], r["timestamp_ms"]
-        rows.append([f"{r['rate_target']:,.0f}", f"{r['rate_achieved']:,.0f}", f"{r['measured']:,}", r["missing"],
+        rows.append([r["run"], f"{r['rate_target']:,.0f}", f"{r['rate_achieved']:,.0f}", f"{r['measured']:,}", r["missing"],
                      f"{e['p50']:.1f}", f"{e['p99']:.1f}", f"{e['max']:.1f}",
                      f"{a['p50']:.1f}", f"{a['p99']:.1f}", f"{t['p50']:.1f}", f"{t['p99']:.1f}",
                      "yes" if r["sustained"] else "NO",
-                     "PASS" if r["sustained"] and e["p99"] <= GOAL_P99_MS else "MISS"])
-    log(table(["target ev/s", "sent ev/s", "measured", "missing", "p50 ms", "p99 ms", "max ms",
+                     ("PASS" if r["sustained"] and e["p99"] <= GOAL_P99_MS else "MISS") if r["run"] == "worker" else "-"])
+    log(table(["run", "target ev/s", "sent ev/s", "measured", "missing", "p50 ms", "p99 ms", "max ms",
                "client p50", "client p99", "ts p50 ms", "ts p99 ms", "sustained", f"p99<={GOAL_P99_MS:.0f}ms"], rows))
     log("p50/p99/max: from the event record's Kafka timestamp (CreateTime: ingest's producer stamps it when it queues "
         "the record, before the broker's ack, after which ingest answers 202) to time.time() when a separate reader "
@@ -931,9 +985,9 @@ def report_freshness(runs: list[dict]) -> None:
     for r in runs:
         cpu = r["cpu_s"]
         busy = {k: (v or 0) / r["cpu_wall_s"] for k, v in cpu.items()}
-        log(f"  at {r['rate_target']:,.0f}/s (sending {r['seconds']:.1f} s, all 202s after {r['all_acked_s']:.1f} s, "
+        log(f"  {r['run']} at {r['rate_target']:,.0f}/s (sending {r['seconds']:.1f} s, all 202s after {r['all_acked_s']:.1f} s, "
             f"then waiting for the last snapshots) cores busy: " + ", ".join(f"{k} {v:.2f}" for k, v in busy.items())
-            + f"; worker's own mean ingested_at->send {r['worker_metric_latency_mean_ms']:.1f} ms"
+            + (f"; worker's own mean ingested_at->send {r['worker_metric_latency_mean_ms']:.1f} ms" if r["run"] == "worker" else "")
             + f"; request send lateness p99 {r['send_late_p99_ms']:.1f} ms")
         if not r["sustained"]:
             log(f"  at {r['rate_target']:,.0f}/s the stack did NOT keep up: median latency grew from "
@@ -975,6 +1029,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--entities", type=int, default=200_000,
                     help="distinct entities for the memory test (default %(default)s; e.g. 1000000)")
     ap.add_argument("--rate", type=float, default=1000.0, help="freshness load, events/s (default %(default)s)")
+    ap.add_argument("--no-bare-freshness", action="store_true",
+                    help="skip the bare loop's freshness run (the same load through the bare aiokafka loop)")
     ap.add_argument("--fallback-rates", type=lambda v: [float(x) for x in v.split(",") if x], default=[300.0, 100.0],
                     help="lower freshness rates tried in turn while a rate is not sustained (default 300,100)")
     ap.add_argument("--duration", type=float, default=20.0, help="freshness seconds measured (default %(default)s)")
@@ -1011,6 +1067,8 @@ async def run(bench: Bench, data: Data, expected: int) -> tuple[list[dict], dict
                 break
             log(f"    not sustained at {fresh[-1]['rate_target']:,.0f}/s; measuring at {lower:,.0f}/s as well")
             fresh.append(await bench.freshness(lower, a.duration))
+        if not a.no_bare_freshness:
+            fresh.append(await bench.freshness(a.rate, a.duration, bare=True))
     mem = None
     if not a.skip_memory:
         log("\n-- memory")
