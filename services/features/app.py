@@ -145,14 +145,11 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
                     out.append(OutRecord(features_name, key, value))
                     out.append(OutRecord(by_event_name, record["event_id"].encode(), value))
                     ingested.append(record["ingested_at"])
-        done = await app.send_all(out)
-
-        def observe(_: Any) -> None:
+        def observe(_: Any) -> None:  # when the snapshots are acknowledged
             now = time.time()
             for at in ingested:
                 metrics.snapshot_latency.observe(max(0.0, now - parse_time(at).timestamp()))
-        done.add_done_callback(observe)
-        return done
+        return await app.send_all(out, on_output=observe)
 
     # Join entries expire by stream time (the newest snapshot event time seen on the partition).
     # The join table also holds an expiry index, sorted by time: RocksDB keeps it, not memory.

@@ -6,29 +6,33 @@ record before doing any work (the consumer races each delivery against a rebalan
 a table write ~350-480 µs (`send_soon`, a FutureMessage, a producer-buffer hop, a per-record
 callback writing the persisted offset). The feature worker's hot topics therefore go through
 `App.batch_agent`: the consumer hands each fetch's records to the handler as one batch
-(`{TopicPartition: [Message, ...]}`), the handler reads and writes `BatchTable`s by explicit
-partition and produces everything in record batches (`send_all`), and the records are acked only
-after every output, table changelogs included, is acknowledged by the broker. What stays faust's:
-the consumer group, rebalances, offset tracking and commits, table stores, changelog topics,
-recovery, standby replicas, the web server, timers. Topics without a batch agent (changelogs,
-standbys) take faust's own per-message path unchanged.
+(`{TopicPartition: [Message, ...]}`); the handler reads and writes `BatchTable`s by explicit
+partition and hands its output to `App.send_all`, which produces it in record batches (aiokafka's
+batch API), then, once the broker has acknowledged it, stores the batch's table writes in RocksDB
+and sends their changelog records. The batch's records are acked (their offsets become
+committable) when all of that is acknowledged; meanwhile the next batch is processed. What stays
+faust's: the consumer group, rebalances, offset tracking and commits, table stores, changelog
+topics, recovery, standby replicas, the web server, timers. Topics without a batch agent
+(changelogs, standbys) take faust's own per-message path unchanged.
 
-Rebalances: a batch runs under `Consumer.batch_lock`, which `on_partitions_revoked` takes first, so
-a revocation waits for the batch in flight (it is short: one fetch), and never sees acks landing
-after faust has reset its offset bookkeeping (a stale ack ahead of the committed offset would be
+Rebalances: batches are delivered under `Consumer.batch_lock`, which `on_partitions_revoked` takes
+first and then waits for the batches in flight, so a revocation never sees acks landing after
+faust has reset its offset bookkeeping (a stale ack ahead of the committed offset would be
 committed as the next position and skip records). A batch fetched under an older consumer
 generation is dropped without acks; faust seeks to the committed offsets after the rebalance, so
-those records come again.
+those records come again. Batches are acked in delivery order.
 
 Also: faust's aiokafka driver hard-codes `fetch_max_wait_ms=1500`, so a fetch that includes a quiet
-partition may hold back a busy one for 1.5 s (`FETCH_MAX_WAIT_MS` bounds it); and faust's Monitor
-sensor (per-message statistics for its own web UI) is left out, the service exports Prometheus
-metrics. faust-streaming is pinned (0.15.3); tests/unit/test_features_runtime.py fails if a method
-replaced here changes upstream.
+partition may hold back a busy one for 1.5 s (`FETCH_MAX_WAIT_MS` bounds it); faust pauses
+partitions only in its own bookkeeping, so the aiokafka consumer is made to pause them too; and
+faust's Monitor sensor (per-message statistics for its own web UI) is left out, the service exports
+Prometheus metrics. faust-streaming is pinned (0.15.3); tests/unit/test_features_runtime.py fails if
+a method replaced or relied on here changes upstream.
 """
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -71,7 +75,7 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 class Consumer(faust_aiokafka.Consumer):
     _batch_lock: asyncio.Lock | None = None
-    _in_flight: set[asyncio.Future[Any]] | None = None
+    _in_flight: deque[tuple[asyncio.Future[Any], Batch, int]] | None = None
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -83,15 +87,16 @@ class Consumer(faust_aiokafka.Consumer):
         return self._batch_lock
 
     @property
-    def in_flight(self) -> set[asyncio.Future[Any]]:
+    def in_flight(self) -> deque[tuple[asyncio.Future[Any], Batch, int]]:
+        """Delivered batches not yet acked, oldest first: (output done, batch, consumer generation)."""
         if self._in_flight is None:
-            self._in_flight = set()
+            self._in_flight = deque()
         return self._in_flight
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         async with self.batch_lock:  # no new batch; the batches in flight finish and ack first
             if self.in_flight:
-                await asyncio.gather(*self.in_flight, return_exceptions=True)
+                await asyncio.gather(*(done for done, _, _ in self.in_flight), return_exceptions=True)
             await super().on_partitions_revoked(revoked)
 
     # faust pauses partitions in its own bookkeeping only (it filters what it takes from the fetcher),
@@ -191,41 +196,54 @@ class Consumer(faust_aiokafka.Consumer):
             done = asyncio.ensure_future(await handler(batch))
             for tp, messages in batch.items():
                 self._read_offset[tp] = messages[-1].offset
-            self.in_flight.add(done)
-            done.add_done_callback(lambda fut: self._on_batch_done(fut, batch, generation))
+            self.in_flight.append((done, batch, generation))
+            done.add_done_callback(self._ack_done_batches)
 
-    def _on_batch_done(self, done: asyncio.Future[Any], batch: Batch, generation: int) -> None:
-        self.in_flight.discard(done)
-        error = done.exception() if not done.cancelled() else asyncio.CancelledError()
-        if error is not None:  # never acked: the worker stops, its events are redelivered
-            self.log.error("batch output failed: %r", error)
-            asyncio.ensure_future(self.crash(error))
-            return
-        if self.app.consumer_generation_id != generation:
-            return  # revoked meanwhile (revocation waits for in-flight batches, so this is rare)
-        ack = self.ack
-        for messages in batch.values():
-            for message in messages:
-                ack(message)
+    def _ack_done_batches(self, _: asyncio.Future[Any]) -> None:
+        """Ack finished batches in delivery order: a batch is acked only after every earlier one
+        (faust's commit logic tolerates an ack gap right after the committed offset)."""
+        in_flight, ack = self.in_flight, self.ack
+        while in_flight and in_flight[0][0].done():
+            done, batch, generation = in_flight.popleft()
+            error = done.exception() if not done.cancelled() else asyncio.CancelledError()
+            if error is not None:  # never acked: the worker stops, its events are redelivered
+                self.log.error("batch output failed: %r", error)
+                in_flight.clear()
+                asyncio.ensure_future(self.crash(error))
+                return
+            if self.app.consumer_generation_id != generation:
+                continue  # revoked meanwhile (revocation waits for in-flight batches: rare)
+            for messages in batch.values():
+                for message in messages:
+                    ack(message)
 
 
 class Transport(faust_aiokafka.Transport):
     Consumer = Consumer
 
 
+Change = tuple[int, bytes | None]  # (write number, value; None deletes)
+
+
 class BatchTable:
     """Partition-explicit access to a bytes -> bytes faust table (RocksDB store) for batch agents.
 
-    Reads and writes go to the partition's RocksDB database at once; changelog records are queued
-    (the last value per key) and sent by `App.send_all` with the batch's other output, which then
-    records the persisted changelog offset as faust's own table does. The changelog topic, its
-    format, recovery and standbys are faust's."""
+    A batch's writes stay in memory (`get` sees them) until the batch's output (snapshots, dead
+    letters) is acknowledged by the broker; only then are they written to the partition's RocksDB
+    database and sent to the changelog (`App.send_all`). So neither the local store nor the
+    changelog is ever ahead of the output: after a crash a redelivered event is either new (its
+    snapshot is computed again) or a duplicate whose snapshot is already on the topic. (Writing the
+    store first lost snapshots in the kill -9 test: a redelivered event found in the state is a
+    duplicate, and a duplicate older than the allowed lateness cannot always be replayed.)
+    The changelog topic, its format, recovery and standbys are faust's."""
 
     def __init__(self, table: faust.Table):
         if table.key_type is not bytes or table.value_type is not bytes:
             raise TypeError("BatchTable holds bytes keys and values only")
         self.table = table
-        self._pending: dict[tuple[int, bytes], bytes | None] = {}
+        self._writes = 0
+        self._unstored: dict[tuple[int, bytes], Change] = {}  # written by batches not yet stored
+        self._batch: dict[tuple[int, bytes], Change] = {}  # written by the batch being processed
 
     @property
     def changelog(self) -> str:
@@ -235,31 +253,48 @@ class BatchTable:
         return self.table.data._db_for_partition(partition)
 
     def get(self, partition: int, key: bytes) -> bytes | None:
-        return self._db(partition).get(key)
+        change = self._unstored.get((partition, key))
+        return change[1] if change is not None else self._db(partition).get(key)
+
+    def _write(self, partition: int, key: bytes, value: bytes | None) -> None:
+        self._writes += 1
+        self._unstored[(partition, key)] = self._batch[(partition, key)] = (self._writes, value)
 
     def set(self, partition: int, key: bytes, value: bytes) -> None:
-        self._db(partition)[key] = value
-        self._pending[(partition, key)] = value
+        self._write(partition, key, value)
 
     def delete(self, partition: int, key: bytes) -> None:
-        del self._db(partition)[key]
-        self._pending[(partition, key)] = None
+        self._write(partition, key, None)
 
     def resend(self, partition: int, key: bytes) -> None:
-        """Queue the stored value's changelog record again (after a redelivery: the store may hold a
+        """Store and send the current value again (after a redelivery: the local store may hold a
         write whose changelog record was lost with a crash)."""
         value = self.get(partition, key)
         if value is not None:
-            self._pending[(partition, key)] = value
+            self._write(partition, key, value)
 
     def items_from(self, partition: int, start: bytes) -> Iterator[tuple[bytes, bytes]]:
-        """The partition's entries in key order, from `start` on."""
+        """The partition's stored entries in key order, from `start` on (not the unstored writes)."""
         return iter(self._db(partition).items(from_key=start))
 
-    def take_changelog(self) -> list[OutRecord]:
-        pending, self._pending = self._pending, {}
-        topic = self.changelog
-        return [OutRecord(topic, key, value, None, partition) for (partition, key), value in pending.items()]
+    def take_batch(self) -> dict[tuple[int, bytes], Change]:
+        batch, self._batch = self._batch, {}
+        return batch
+
+    def store(self, batch: dict[tuple[int, bytes], Change]) -> list[OutRecord]:
+        """Write a batch's changes to RocksDB (in batch order) and return its changelog records."""
+        topic, unstored = self.changelog, self._unstored
+        records = []
+        for (partition, key), change in batch.items():
+            db, value = self._db(partition), change[1]
+            if value is None:
+                del db[key]
+            else:
+                db[key] = value
+            if unstored.get((partition, key)) is change:  # not written again by a later batch
+                del unstored[(partition, key)]
+            records.append(OutRecord(topic, key, value, None, partition))
+        return records
 
     def persisted(self, tp: TP, offset: int) -> None:
         self.table.data.set_persisted_offset(tp, offset)
@@ -272,6 +307,7 @@ class App(faust.App):
         super().__init__(*args, **kwargs)
         self.batch_handlers = {}
         self.batch_tables: list[BatchTable] = []
+        self._last_stored: asyncio.Future[Any] | None = None
 
     def _new_transport(self) -> Transport:
         return Transport(self.conf.broker_consumer, self)
@@ -301,21 +337,34 @@ class App(faust.App):
     def kafka_producer(self) -> AIOKafkaProducer:
         return self.producer._ensure_producer()
 
-    async def send_all(self, records: list[OutRecord]) -> asyncio.Future[Any]:
-        """Produce `records` and every batch table's queued changelog records; returns what resolves
-        once the broker has acknowledged all of them (a batch handler's return value)."""
-        changelogs = {t.changelog: t for t in self.batch_tables}
-        for table in self.batch_tables:
-            records.extend(table.take_changelog())
-        done = asyncio.gather(*await send_batched(self.kafka_producer, records))
+    async def send_all(self, records: list[OutRecord],
+                       on_output: Callable[[asyncio.Future[Any]], None] | None = None) -> asyncio.Future[Any]:
+        """Produce a batch's `records`; once the broker has acknowledged them, store the batch's
+        table writes and send their changelog records (in batch order). Returns what resolves when
+        all of it is acknowledged: a batch handler's return value."""
+        changes = [(table, table.take_batch()) for table in self.batch_tables]
+        output = asyncio.gather(*await send_batched(self.kafka_producer, records))
+        if on_output is not None:
+            output.add_done_callback(on_output)
+        previous, self._last_stored = self._last_stored, asyncio.get_running_loop().create_future()
+        stored = self._last_stored
 
-        def persisted(fut: asyncio.Future[Any]) -> None:
-            if fut.cancelled() or fut.exception() is not None:
-                return
-            for meta in fut.result():
-                table = changelogs.get(meta.topic)
-                if table is not None:
+        async def store_then_changelog() -> None:
+            try:
+                await output
+                if previous is not None:
+                    await previous  # stores and changelogs go in batch order
+                changelog = [rec for table, batch in changes for rec in table.store(batch)]
+                tables = {table.changelog: table for table, _ in changes}
+                for meta in await asyncio.gather(*await send_batched(self.kafka_producer, changelog)):
                     # the batch's first offset: a recovery may re-read a few records it already has
-                    table.persisted(TP(meta.topic, meta.partition), meta.offset)
-        done.add_done_callback(persisted)
-        return done
+                    tables[meta.topic].persisted(TP(meta.topic, meta.partition), meta.offset)
+            except asyncio.CancelledError:
+                stored.cancel()
+            except Exception as exc:  # noqa: BLE001 - handed to the consumer, which crashes the worker
+                stored.set_exception(exc)
+            else:
+                stored.set_result(None)
+
+        asyncio.ensure_future(store_then_changelog())
+        return stored

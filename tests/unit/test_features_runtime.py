@@ -6,13 +6,27 @@ import inspect
 
 import faust
 from faust.app.base import App
+from faust.stores.rocksdb import Store
+from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 from services.features import runtime
 
-# sha256 (first 16 hex digits) of the faust-streaming 0.15.3 source each override was written against
+# sha256 (first 16 hex digits) of the faust-streaming 0.15.3 source that runtime.py replaces, copies or
+# relies on (the batch path calls _wait_next_records and ack, opens RocksDB partitions, records
+# persisted changelog offsets as faust's own tables do)
 REVIEWED = {
     App.on_init_dependencies: "7621a70a9b01f93f",
+    Consumer._drain_messages: "44a2500309e83c63",
+    Consumer.getmany: "4b168d84882a70d6",
+    Consumer._wait_next_records: "6218e1969a636b3f",
+    Consumer.ack: "5fcf41cf45153475",
+    Consumer.on_partitions_revoked: "d04b7ae72c6fc206",
+    Consumer.pause_partitions: "27a1c94bdacd54de",
+    Consumer.resume_partitions: "afe6b7c02a41d63c",
+    Store._db_for_partition: "cb7e67d5f9efc4bc",
+    Store.set_persisted_offset: "b4c811926678346e",
+    AIOKafkaConsumerThread._fetch_records: "39a2c6c79fc1455a",
 }
 
 
@@ -32,3 +46,17 @@ def test_the_app_uses_the_patched_transport():
     app = runtime.App("runtime-test", broker="kafka://localhost:9", web_enabled=False)
     assert isinstance(app.transport, runtime.Transport)
     assert app.transport.Consumer is runtime.Consumer
+
+
+def test_batch_agents_are_registered_per_topic():
+    import asyncio
+
+    app = runtime.App("runtime-test-batch", broker="kafka://localhost:9", web_enabled=False)
+    topic = app.topic("t1", "t2", key_type=bytes, value_type=bytes)
+
+    @app.batch_agent(topic)
+    async def handler(batch):
+        return asyncio.get_event_loop().create_future()
+
+    assert app.batch_handlers == {"t1": handler, "t2": handler}
+    assert topic in app.topics  # subscribed by faust's conductor
