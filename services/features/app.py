@@ -96,6 +96,8 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
         web_port=settings.port,
         web_host=settings.host,
         stream_wait_empty=False,
+        # records per fetch, i.e. per batch (faust: unlimited): bounds the memory of the batches in flight
+        broker_max_poll_records=1000,
     )
 
     def topic(base: str) -> faust.TopicT:

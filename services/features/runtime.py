@@ -45,6 +45,9 @@ from faust.types import TP, Message
 from shared.kafka import OutRecord, send_batched
 
 FETCH_MAX_WAIT_MS = 20
+# Batches delivered but not yet acked. Bounds the memory their unstored table writes take and how
+# far acks trail processing (without a bound, a backlog's join writes piled up: 2.8 GB at 1M events).
+MAX_IN_FLIGHT_BATCHES = 4
 
 Batch = dict[TP, list[Message]]
 # processes a batch and returns what resolves once all of its output is acknowledged by the broker
@@ -191,6 +194,8 @@ class Consumer(faust_aiokafka.Consumer):
         is processed: output of successive batches is in flight together (aiokafka keeps it in
         order per partition and bounds it: one pending record batch per partition)."""
         async with self.batch_lock:
+            while len(self.in_flight) >= MAX_IN_FLIGHT_BATCHES:
+                await asyncio.wait([self.in_flight[0][0]])
             if not self.flow_active or self.app.consumer_generation_id != generation:
                 return  # a rebalance came first: faust re-reads these from the committed offsets
             done = asyncio.ensure_future(await handler(batch))
@@ -307,7 +312,7 @@ class App(faust.App):
         super().__init__(*args, **kwargs)
         self.batch_handlers = {}
         self.batch_tables: list[BatchTable] = []
-        self._last_stored: asyncio.Future[Any] | None = None
+        self._last_queued: asyncio.Future[Any] | None = None
 
     def _new_transport(self) -> Transport:
         return Transport(self.conf.broker_consumer, self)
@@ -346,23 +351,29 @@ class App(faust.App):
         output = asyncio.gather(*await send_batched(self.kafka_producer, records))
         if on_output is not None:
             output.add_done_callback(on_output)
-        previous, self._last_stored = self._last_stored, asyncio.get_running_loop().create_future()
-        stored = self._last_stored
+        loop = asyncio.get_running_loop()
+        previous, self._last_queued = self._last_queued, loop.create_future()
+        queued, stored = self._last_queued, loop.create_future()
 
         async def store_then_changelog() -> None:
             try:
                 await output
                 if previous is not None:
-                    await previous  # stores and changelogs go in batch order
+                    await previous  # stores and changelog records go in batch order
                 changelog = [rec for table, batch in changes for rec in table.store(batch)]
                 tables = {table.changelog: table for table, _ in changes}
-                for meta in await asyncio.gather(*await send_batched(self.kafka_producer, changelog)):
+                sent = await send_batched(self.kafka_producer, changelog)
+                queued.set_result(None)  # aiokafka keeps the order within each partition from here
+                for meta in await asyncio.gather(*sent):
                     # the batch's first offset: a recovery may re-read a few records it already has
                     tables[meta.topic].persisted(TP(meta.topic, meta.partition), meta.offset)
             except asyncio.CancelledError:
-                stored.cancel()
+                for fut in (queued, stored):
+                    fut.cancel()
             except Exception as exc:  # noqa: BLE001 - handed to the consumer, which crashes the worker
-                stored.set_exception(exc)
+                for fut in (queued, stored):
+                    if not fut.done():
+                        fut.set_exception(exc)
             else:
                 stored.set_result(None)
 
