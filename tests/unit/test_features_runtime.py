@@ -60,3 +60,69 @@ def test_batch_agents_are_registered_per_topic():
 
     assert app.batch_handlers == {"t1": handler, "t2": handler}
     assert topic in app.topics  # subscribed by faust's conductor
+
+
+class _Db(dict):
+    def items(self, from_key=b""):  # rocksdict's signature: entries in key order from `from_key`
+        return sorted((k, v) for k, v in super().items() if k >= from_key)
+
+
+class _Store:
+    offset_key = b"__faust\0offset__"
+
+    def __init__(self):
+        self.dbs: dict[int, _Db] = {}
+        self.persisted: dict = {}
+
+    def _db_for_partition(self, partition):
+        return self.dbs.setdefault(partition, _Db())
+
+    def set_persisted_offset(self, tp, offset):
+        self.persisted[tp] = offset
+
+
+class _Table:
+    key_type = value_type = bytes
+
+    def __init__(self):
+        self.data = _Store()
+
+    class changelog_topic:  # noqa: N801 - stands in for faust's Topic
+        @staticmethod
+        def get_topic_name():
+            return "app-state-changelog"
+
+
+def test_batch_table_keeps_writes_in_memory_until_the_batch_is_stored():
+    table = runtime.BatchTable(_Table())
+    db = table.table.data._db_for_partition(3)
+    db[b"old"] = b"stored"
+
+    table.set(3, b"k", b"v1")
+    table.delete(3, b"old")
+    assert table.get(3, b"k") == b"v1" and table.get(3, b"old") is None  # reads see the batch
+    assert db == {b"old": b"stored"}  # nothing stored before the batch's output is acknowledged
+    first = table.take_batch()
+
+    table.set(3, b"k", b"v2")  # the next batch writes the same key before the first is stored
+    second = table.take_batch()
+
+    records = table.store(first)
+    assert [(r.topic, r.key, r.value, r.partition) for r in records] == [
+        ("app-state-changelog", b"k", b"v1", 3), ("app-state-changelog", b"old", None, 3)]
+    assert db == {b"k": b"v1"}
+    assert table.get(3, b"k") == b"v2"  # the later, unstored write still wins
+
+    table.store(second)
+    assert db == {b"k": b"v2"} and table.get(3, b"k") == b"v2"
+    assert table.take_batch() == {}
+
+
+def test_batch_table_resend_and_ordered_scan():
+    table = runtime.BatchTable(_Table())
+    db = table.table.data._db_for_partition(0)
+    db.update({b"a": b"1", b"\xfe\x01": b"", b"\xfe\x02": b""})
+    table.resend(0, b"a")  # a redelivery re-sends the stored value to the changelog
+    table.resend(0, b"missing")  # nothing stored: nothing to send
+    assert [(r.key, r.value) for r in table.store(table.take_batch())] == [(b"a", b"1")]
+    assert [k for k, _ in table.items_from(0, b"\xfe")] == [b"\xfe\x01", b"\xfe\x02"]
