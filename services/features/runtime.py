@@ -324,7 +324,8 @@ class App(faust.App):
 
     def batch_agent(self, *topics: faust.TopicT) -> Callable[[BatchHandler], BatchHandler]:
         """Register `handler(batch)` for the topics' records: called once per fetch with the new
-        records of each assigned partition, in offset order; they are acked when it returns."""
+        records of each assigned partition, in offset order. It returns a future (`send_all`'s);
+        the records are acked when that resolves, after those of every earlier batch."""
         def register(handler: BatchHandler) -> BatchHandler:
             for topic in topics:
                 self.topics.add(topic)  # subscribe
