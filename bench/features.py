@@ -234,6 +234,7 @@ async def _bare_loop(kafka: KafkaSettings, events_topic: str, out_prefix: str, g
     engine = FeatureEngine(load_spec(SPEC_PATH))
     topics = Topics(out_prefix)
     features_t, by_event_t, changelog_t = topics["features"], topics["snapshots.by-event"], out_prefix + "entity-state"
+    await create_topic(kafka, changelog_t, topics.spec_of(topics["events"]).partitions, {"cleanup.policy": "compact"})
     consumer = make_consumer(kafka, events_topic, group_id=group)  # manual commit, read_committed, 1000/poll
     # the worker's producer: acks=all (producer_acks=-1), linger 5 ms, 256 KiB batches, not idempotent
     producer = make_producer(kafka, linger_ms=5, enable_idempotence=False)
@@ -497,8 +498,6 @@ class Bench:
         out_prefix = topics.prefix + "bare."
         out = Topics(out_prefix)
         await ensure_topics(self.kafka, out, names=[out["features"], out["snapshots.by-event"]])
-        await create_topic(self.kafka, out_prefix + "entity-state", topics.spec_of(topics["events"]).partitions,
-                           {"cleanup.policy": "compact"})
         spawned = time.monotonic()
         proc = spawn(bare_loop_main, self.kafka.bootstrap_servers, topics["events"], out_prefix,
                      f"{out_prefix}bare.{round_no}", n_events)
@@ -559,9 +558,6 @@ class Bench:
         """ingest ack -> snapshot at a steady rate, through the worker or (bare=True) the bare loop."""
         topics = Topics(unique_prefix("freshness"))
         await ensure_topics(self.kafka, topics)
-        if bare:
-            await create_topic(self.kafka, topics.prefix + "entity-state", topics.spec_of(topics["events"]).partitions,
-                               {"cleanup.policy": "compact"})
         ingest_port = free_port()
         ingest = ServiceProcess("services.ingest", {
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers, "LOOPLINE_TOPIC_PREFIX": topics.prefix,

@@ -100,11 +100,9 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
         broker_max_poll_records=1000,
     )
 
-    def topic(base: str) -> faust.TopicT:
-        return app.topic(topics[base], key_type=bytes, value_type=bytes, key_serializer="raw",
-                         value_serializer="raw", partitions=topics.spec_of(topics[base]).partitions)
-
-    events_t, dlq_t = topic("events"), topic("events.dlq")
+    events_t = app.topic(topics["events"], key_type=bytes, value_type=bytes, key_serializer="raw",
+                         value_serializer="raw", partitions=partitions)
+    dlq_name = topics["events.dlq"]
     features_name, by_event_name = topics["features"], topics["snapshots.by-event"]
     examples_name, labels_name = topics["training-examples"], topics["labels"]
     join_source = app.topic(topics["snapshots.by-event"], topics["labels"], key_type=bytes, value_type=bytes,
@@ -120,7 +118,7 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
                                       key_type=bytes, value_type=bytes, options=rocksdb))
 
     def dead_letter(msg: Any, reason: str, code: str) -> OutRecord:
-        return OutRecord(dlq_t.get_topic_name(), msg.key, msg.value,
+        return OutRecord(dlq_name, msg.key, msg.value,
                          dead_letter_headers(msg, ValueError(reason), SERVICE, code))
 
     @app.batch_agent(events_t)

@@ -77,24 +77,14 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class Consumer(faust_aiokafka.Consumer):
-    _batch_lock: asyncio.Lock | None = None
-    _in_flight: deque[tuple[asyncio.Future[Any], Batch, int]] | None = None
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.batch_lock = asyncio.Lock()
+        # delivered batches not yet acked, oldest first: (output done, batch, consumer generation)
+        self.in_flight: deque[tuple[asyncio.Future[Any], Batch, int]] = deque()
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-    @property
-    def batch_lock(self) -> asyncio.Lock:
-        if self._batch_lock is None:
-            self._batch_lock = asyncio.Lock()
-        return self._batch_lock
-
-    @property
-    def in_flight(self) -> deque[tuple[asyncio.Future[Any], Batch, int]]:
-        """Delivered batches not yet acked, oldest first: (output done, batch, consumer generation)."""
-        if self._in_flight is None:
-            self._in_flight = deque()
-        return self._in_flight
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         async with self.batch_lock:  # no new batch; the batches in flight finish and ack first
