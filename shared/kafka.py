@@ -125,10 +125,12 @@ async def send_batched(producer: AIOKafkaProducer, records: Iterable[OutRecord])
         batch = producer.create_batch()
         for rec in recs:
             if batch.append(key=rec.key, value=rec.value, timestamp=None, headers=rec.headers or []) is None:
+                batch.close()
                 futures.append(await producer.send_batch(batch, topic, partition=p))
                 batch = producer.create_batch()
                 if batch.append(key=rec.key, value=rec.value, timestamp=None, headers=rec.headers or []) is None:
                     raise ValueError(f"a record for {topic} is larger than the producer's batch size")
+        batch.close()
         futures.append(await producer.send_batch(batch, topic, partition=p))
     return futures
 

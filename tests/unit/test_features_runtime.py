@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import inspect
 
 import faust
@@ -9,6 +10,8 @@ from faust.app.base import App
 from faust.stores.rocksdb import Store
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+from mode.threads import QueueServiceThread, ServiceThread
 
 from services.features import runtime
 
@@ -27,14 +30,21 @@ REVIEWED = {
     Store._db_for_partition: "cb7e67d5f9efc4bc",
     Store.set_persisted_offset: "b4c811926678346e",
     AIOKafkaConsumerThread._fetch_records: "39a2c6c79fc1455a",
+    # mode-streaming 0.7.1: the consumer "thread" runs on the worker's loop (runtime.ConsumerThread)
+    ServiceThread.__init__: "82979878990cdff5",
+    ServiceThread.start: "f11841038a033a05",
+    ServiceThread._serve: "67809eae09573ac7",
+    ServiceThread._gather_remaining_tasks: "6f65b92dd1012485",
+    QueueServiceThread.call_thread: "479edda75b54734b",
 }
 
 
 def test_faust_is_the_reviewed_version():
     assert faust.__version__ == "0.15.3"
+    assert importlib.metadata.version("mode-streaming") == "0.7.1"
     for fn, digest in REVIEWED.items():
         got = hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:16]
-        assert got == digest, f"{fn.__qualname__} changed in faust: review services/features/runtime.py"
+        assert got == digest, f"{fn.__qualname__} changed in faust/mode: review services/features/runtime.py"
 
 
 def test_fetch_wait_is_still_hard_coded_in_faust():
