@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import faust
@@ -12,6 +13,16 @@ from services.features.config import FeaturesSettings
 from shared.kafka import ensure_topics
 from shared.logging import JsonFormatter, configure_logging
 from shared.topics import Topics
+
+
+class Worker(faust.Worker):
+    async def on_startup_finished(self) -> None:
+        await super().on_startup_finished()
+        # faust, aiokafka and the app leave about a million long-lived objects, which every full
+        # collection walked again: 50-140 ms pauses, each a spike in snapshot latency (5 in 35 s
+        # at 1,000 events/s). Frozen, they are left out: full collections then took ~1 ms.
+        gc.collect()
+        gc.freeze()
 
 
 def main() -> None:
@@ -25,7 +36,7 @@ def main() -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter("features"))
     app.conf.loghandlers = [handler]
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
 
 

@@ -37,6 +37,7 @@ from shared.topics import Topics
 
 log = logging.getLogger(__name__)
 SERVICE = "features"
+LAG_INTERVAL_S = 5.0  # how often the consumer lag is read
 
 
 @dataclass
@@ -215,17 +216,19 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
             await offline.run(app)
 
     event_parts = [TopicPartition(topics["events"], p) for p in range(partitions)]
-    lag_reader: list[AIOKafkaConsumer] = []
 
-    @app.timer(5.0)
+    @app.task
     async def track_lag() -> None:
-        if not lag_reader:
-            # A group member that never joins: it only reads the stream group's committed offsets.
-            reader = AIOKafkaConsumer(**settings.kafka.client_kwargs(), group_id=app.conf.id,
-                                      enable_auto_commit=False)
-            await reader.start()
-            lag_reader.append(reader)
-        await _track(lag_reader[0], event_parts, progress, metrics)
+        # From startup on, so /readyz knows the lag at once. A group member that never joins: it
+        # only reads the stream group's committed offsets.
+        reader = AIOKafkaConsumer(**settings.kafka.client_kwargs(), group_id=app.conf.id, enable_auto_commit=False)
+        await reader.start()
+        try:
+            while True:
+                await _track(reader, event_parts, progress, metrics)
+                await asyncio.sleep(LAG_INTERVAL_S)
+        finally:
+            await reader.stop()
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
