@@ -9,8 +9,9 @@ callback writing the persisted offset). The feature worker's hot topics therefor
 (`{TopicPartition: [Message, ...]}`); the handler reads and writes `BatchTable`s by explicit
 partition and hands its output to `App.send_all`, which produces it in record batches (aiokafka's
 batch API), then, once the broker has acknowledged it, stores the batch's table writes in RocksDB
-and sends their changelog records. The batch's records are acked (their offsets become
-committable) when all of that is acknowledged; meanwhile the next batch is processed. What stays
+and queues their changelog records (sent together every 50 ms or 1,000 records). The batch's
+records are acked (their offsets become committable) when all of that is acknowledged; meanwhile
+the next batch is processed. What stays
 faust's: the consumer group, rebalances, offset tracking and commits, table stores, changelog
 topics, recovery, standby replicas, the web server, timers. Topics without a batch agent
 (changelogs, standbys) take faust's own per-message path unchanged.
@@ -23,12 +24,13 @@ generation is dropped without acks; faust seeks to the committed offsets after t
 those records come again. Batches are acked in delivery order.
 
 The aiokafka consumer runs on the worker's event loop (`ConsumerThread`), not in the thread of its
-own faust gives it. Also: faust's aiokafka driver hard-codes `fetch_max_wait_ms=1500`, so a fetch that includes a quiet
-partition may hold back a busy one for 1.5 s (`FETCH_MAX_WAIT_MS` bounds it); faust pauses
-partitions only in its own bookkeeping, so the aiokafka consumer is made to pause them too; and
-faust's Monitor sensor (per-message statistics for its own web UI) is left out, the service exports
-Prometheus metrics. faust-streaming is pinned (0.15.3); tests/unit/test_features_runtime.py fails if
-a method replaced or relied on here changes upstream.
+own faust gives it. Also: faust's aiokafka driver hard-codes `fetch_max_wait_ms=1500`, so a fetch
+that includes a quiet partition may hold back a busy one for 1.5 s (`FETCH_MAX_WAIT_MS` bounds
+it); faust pauses partitions only in its own bookkeeping, so the aiokafka consumer is made to pause
+them too; and faust's Monitor sensor (per-message statistics for its own web UI) is left out, the
+service exports Prometheus metrics. faust-streaming (0.15.3) and mode-streaming (0.7.1) are
+pinned; tests/unit/test_features_runtime.py fails if a method replaced or relied on here changes
+upstream.
 """
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
 """services/features/runtime.py replaces a few faust-streaming methods: fail loudly when faust changes them."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib.metadata
 import inspect
+import threading
 
 import faust
 from faust.app.base import App
@@ -136,3 +138,16 @@ def test_batch_table_resend_and_ordered_scan():
     table.resend(0, b"missing")  # nothing stored: nothing to send
     assert [(r.key, r.value) for r in table.store(table.take_batch())] == [(b"a", b"1")]
     assert [k for k, _ in table.items_from(0, b"\xfe")] == [b"\xfe\x01", b"\xfe\x02"]
+
+
+async def test_the_consumer_thread_runs_on_the_workers_loop():
+    app = runtime.App("runtime-test-loop", broker="kafka://localhost:9", web_enabled=False)
+    thread = app.consumer._thread
+    assert isinstance(thread, runtime.ConsumerThread)
+    assert thread.thread_loop is thread.parent_loop is asyncio.get_running_loop()
+
+    async def where(x: int) -> tuple[int, int]:
+        return threading.get_ident(), x
+
+    # faust's calls into the consumer "thread" (fetches, commits, seeks) run inline on this loop
+    assert await thread.call_thread(where, 7) == (threading.get_ident(), 7)
