@@ -1033,7 +1033,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--duration", type=float, default=20.0, help="freshness seconds measured (default %(default)s)")
     ap.add_argument("--freshness-rounds", type=int, default=2,
                     help="freshness rounds, each a worker run and a bare-loop run, order alternating (default %(default)s)")
-    ap.add_argument("--freshness-warmup", type=float, default=15.0, metavar="SECONDS",
+    ap.add_argument("--freshness-warmup", type=float, default=40.0, metavar="SECONDS",
                     help="unreported run of the same load through the worker first, warming the broker (default %(default)s)")
     ap.add_argument("--batch", type=int, default=10, help="events per freshness POST (default %(default)s)")
     ap.add_argument("--freshness-offline", action="store_true", help="run the worker's offline writer during freshness")
