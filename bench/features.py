@@ -1032,9 +1032,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="lower freshness rates tried in turn while a rate is not sustained (default 300,100)")
     ap.add_argument("--duration", type=float, default=20.0, help="freshness seconds measured (default %(default)s)")
     ap.add_argument("--freshness-rounds", type=int, default=2,
-                    help="freshness rounds, each a worker run and a bare-loop run, order alternating (default %(default)s)")
+                    help="freshness rounds, each a worker run and a bare-loop run, order alternating "
+                         "(default %(default)s)")
     ap.add_argument("--freshness-warmup", type=float, default=40.0, metavar="SECONDS",
-                    help="unreported run of the same load through the worker first, warming the broker (default %(default)s)")
+                    help="unreported run of the same load through the worker first, warming the broker "
+                         "(default %(default)s)")
     ap.add_argument("--batch", type=int, default=10, help="events per freshness POST (default %(default)s)")
     ap.add_argument("--freshness-offline", action="store_true", help="run the worker's offline writer during freshness")
     ap.add_argument("--no-offline-round", dest="offline_round", action="store_false",
@@ -1049,7 +1051,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--json", action="store_true", help="also print the results as one JSON object (last line)")
     args = ap.parse_args(argv)
-    if min(args.events, args.entities, args.batch, args.freshness_rounds) < 1 or args.rounds < 0 or args.rate <= 0:
+    if min(args.events, args.entities, args.batch, args.freshness_rounds) < 1 or args.rounds < 0 \
+            or args.rate <= 0:
         ap.error("counts and rates must be >= 1")
     return args
 

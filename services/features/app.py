@@ -221,7 +221,8 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
     async def track_lag() -> None:
         # From startup on, so /readyz knows the lag at once. A group member that never joins: it
         # only reads the stream group's committed offsets.
-        reader = AIOKafkaConsumer(**settings.kafka.client_kwargs(), group_id=app.conf.id, enable_auto_commit=False)
+        reader = AIOKafkaConsumer(**settings.kafka.client_kwargs(), group_id=app.conf.id,
+                                  enable_auto_commit=False)
         await reader.start()
         try:
             while True:

@@ -11,10 +11,9 @@ partition and hands its output to `App.send_all`, which produces it in record ba
 batch API), then, once the broker has acknowledged it, stores the batch's table writes in RocksDB
 and queues their changelog records (sent together every 50 ms or 1,000 records). The batch's
 records are acked (their offsets become committable) when all of that is acknowledged; meanwhile
-the next batch is processed. What stays
-faust's: the consumer group, rebalances, offset tracking and commits, table stores, changelog
-topics, recovery, standby replicas, the web server, timers. Topics without a batch agent
-(changelogs, standbys) take faust's own per-message path unchanged.
+the next batch is processed. What stays faust's: the consumer group, rebalances, offset tracking
+and commits, table stores, changelog topics, recovery, standby replicas, the web server, timers.
+Topics without a batch agent (changelogs, standbys) take faust's own per-message path unchanged.
 
 Rebalances: batches are delivered under `Consumer.batch_lock`, which `on_partitions_revoked` takes
 first and then waits for the batches in flight, so a revocation never sees acks landing after
@@ -38,6 +37,7 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
+
 import faust
 from aiokafka import AIOKafkaProducer
 from faust.transport.consumer import CONSUMER_FETCHING
@@ -415,7 +415,8 @@ class App(faust.App):
         A flush goes out CHANGELOG_LINGER_S after its first records, or at CHANGELOG_FLUSH_RECORDS."""
         if self._flush is None:
             loop = asyncio.get_running_loop()
-            self._flush = (loop.create_future(), [], loop.call_later(CHANGELOG_LINGER_S, self._send_changelog))
+            timer = loop.call_later(CHANGELOG_LINGER_S, self._send_changelog)
+            self._flush = (loop.create_future(), [], timer)
         flushed, pending, _ = self._flush
         pending += records
         if len(pending) >= CHANGELOG_FLUSH_RECORDS:

@@ -151,3 +151,54 @@ async def test_the_consumer_thread_runs_on_the_workers_loop():
 
     # faust's calls into the consumer "thread" (fetches, commits, seeks) run inline on this loop
     assert await thread.call_thread(where, 7) == (threading.get_ident(), 7)
+
+
+class _RecordBatch:
+    def __init__(self):
+        self.records: list[tuple[bytes, bytes]] = []
+
+    def append(self, key, value, timestamp, headers):
+        self.records.append((key, value))
+        return object()  # aiokafka: metadata, None when the batch is full
+
+    def close(self):
+        pass
+
+
+class _Producer:
+    """aiokafka's batch API as send_batched uses it; every batch is acknowledged at once."""
+
+    def __init__(self):
+        self.requests: list[tuple[str, int, list[tuple[bytes, bytes]]]] = []
+
+    def create_batch(self):
+        return _RecordBatch()
+
+    async def send_batch(self, batch, topic, *, partition):
+        self.requests.append((topic, partition, batch.records))
+        done = asyncio.get_running_loop().create_future()
+        meta = {"topic": topic, "partition": partition, "offset": 100 + len(self.requests)}
+        done.set_result(type("RecordMetadata", (), meta))
+        return done
+
+
+async def test_changelog_records_of_successive_batches_go_out_together(monkeypatch):
+    app = runtime.App("runtime-test-flush", broker="kafka://localhost:9", web_enabled=False)
+    producer = _Producer()
+    monkeypatch.setattr(runtime.App, "kafka_producer", property(lambda self: producer))
+    table = app.batch_table(_Table())
+    changelog = table.changelog
+
+    def records(*keys):
+        return [runtime.OutRecord(changelog, k, b"v", None, 0) for k in keys]
+
+    first, second = app._changelog(records(b"a")), app._changelog(records(b"b", b"c"))
+    assert first is second and producer.requests == []  # held for CHANGELOG_LINGER_S
+    await asyncio.wait_for(first, 1)
+    assert producer.requests == [(changelog, 0, [(b"a", b"v"), (b"b", b"v"), (b"c", b"v")])]
+    assert table.table.data.persisted == {runtime.TP(changelog, 0): 101}  # the flush's first offset
+
+    monkeypatch.setattr(runtime, "CHANGELOG_FLUSH_RECORDS", 2)
+    full = app._changelog(records(b"d", b"e"))  # a full flush goes out at once
+    await asyncio.wait_for(full, runtime.CHANGELOG_LINGER_S / 2)
+    assert producer.requests[1] == (changelog, 0, [(b"d", b"v"), (b"e", b"v")])
