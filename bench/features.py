@@ -53,7 +53,9 @@ from examples.fraud.generate import GeneratorConfig, generate  # noqa: E402
 from services.features.domain import entity_key, process_event  # noqa: E402
 from shared.events import EventValidator  # noqa: E402
 from shared.features import FeatureEngine  # noqa: E402
-from shared.kafka import OutRecord, ensure_topics, make_consumer, make_producer, send_batched  # noqa: E402
+from shared.kafka import (  # noqa: E402
+    OutRecord, consume_batches, ensure_topics, make_consumer, make_producer, send_batched, wait_for_leaders,
+)
 from shared.serialization import dumps, loads, utcnow  # noqa: E402
 from shared.settings import KafkaSettings  # noqa: E402
 from shared.spec import load_spec  # noqa: E402
@@ -160,12 +162,7 @@ async def create_topic(kafka: KafkaSettings, name: str, partitions: int, configs
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, partitions, kafka.replication_factor, topic_configs=configs)])
-        for _ in range(100):
-            described = await admin.describe_topics([name])
-            if all(t["error_code"] == 0 and t["partitions"] and all(p["leader"] >= 0 for p in t["partitions"])
-                   for t in described):
-                return
-            await asyncio.sleep(0.1)
+        await wait_for_leaders(admin, [name], time.monotonic() + 10)
     finally:
         await admin.close()
 
@@ -237,36 +234,39 @@ async def _bare_loop(kafka: KafkaSettings, events_topic: str, out_prefix: str, g
     features_t, by_event_t, changelog_t = topics["features"], topics["snapshots.by-event"], out_prefix + "entity-state"
     await create_topic(kafka, changelog_t, topics.spec_of(topics["events"]).partitions, {"cleanup.policy": "compact"})
     consumer = make_consumer(kafka, events_topic, group_id=group)  # manual commit, read_committed, 1000/poll
-    # the worker's producer: acks=all (producer_acks=-1), linger 5 ms, 256 KiB batches, not idempotent
+    # the worker's producer: acks=all (producer_acks=-1), 256 KiB batches, not idempotent (its linger does
+    # not apply: send_batched hands over closed record batches)
     producer = make_producer(kafka, linger_ms=5, enable_idempotence=False)
     await consumer.start()
     await producer.start()
     states: dict[bytes, bytes] = {}
     done = 0
-    try:
-        while done < total:
-            batches = await consumer.getmany(timeout_ms=500)
-            if not batches:
+    finished = asyncio.Event()
+
+    async def handle(records: list) -> None:
+        nonlocal done
+        out: list[OutRecord] = []
+        for msg in records:
+            done += 1
+            record = loads(msg.value)
+            key = entity_key(record).encode()
+            res = process_event(engine, states.get(key), record)
+            if res.status == "late":
                 continue
-            out: list[OutRecord] = []
-            for recs in batches.values():
-                for msg in recs:
-                    done += 1
-                    record = loads(msg.value)
-                    key = entity_key(record).encode()
-                    res = process_event(engine, states.get(key), record)
-                    if res.status == "late":
-                        continue
-                    if res.state is not None:
-                        states[key] = res.state
-                        out.append(OutRecord(changelog_t, key, res.state))
-                    if res.snapshot is not None:
-                        value = dumps(res.snapshot)
-                        out.append(OutRecord(features_t, key, value))
-                        out.append(OutRecord(by_event_t, record["event_id"].encode(), value))
-            # aiokafka's batch API, as the worker uses: one record batch per topic partition
-            await asyncio.gather(*await send_batched(producer, out))
-            await consumer.commit({tp: recs[-1].offset + 1 for tp, recs in batches.items()})
+            if res.state is not None:
+                states[key] = res.state
+                out.append(OutRecord(changelog_t, key, res.state))
+            if res.snapshot is not None:
+                value = dumps(res.snapshot)
+                out.append(OutRecord(features_t, key, value))
+                out.append(OutRecord(by_event_t, record["event_id"].encode(), value))
+        # aiokafka's batch API, as the worker uses: one record batch per topic partition
+        await asyncio.gather(*await send_batched(producer, out))
+        if done >= total:
+            finished.set()
+
+    try:
+        await consume_batches(consumer, handle, stop=finished)  # commits each batch after its acks
     finally:
         await producer.stop()
         await consumer.stop()

@@ -77,14 +77,14 @@ async def ensure_topics(kafka: KafkaSettings, topics: Topics, names: Iterable[st
             topic, code = topic_error[0], topic_error[1]
             if code not in (0, _TOPIC_ALREADY_EXISTS):
                 raise LooplineError(f"cannot create topic {topic}: error {code} {topic_error[2:]}")
-        await _wait_for_leaders(admin, missing, deadline)
+        await wait_for_leaders(admin, missing, deadline)
         log.info("created topics", extra={"topics": missing})
         return missing
     finally:
         await admin.close()
 
 
-async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], deadline: float) -> None:
+async def wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], deadline: float) -> None:
     """Creation returns before partition leaders are elected; clients that start earlier log errors."""
     while time.monotonic() < deadline:
         described = await admin.describe_topics(names)

@@ -97,10 +97,7 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
     def mirror_paused(self, paused: set[TP]) -> None:
-        """Pause exactly `paused` (those assigned) in the aiokafka consumer, on the thread's loop."""
-        self.thread_loop.call_soon_threadsafe(self._mirror_paused, frozenset(paused))
-
-    def _mirror_paused(self, paused: frozenset[TP]) -> None:
+        """Pause exactly `paused` (those assigned) in the aiokafka consumer."""
         consumer = self._consumer
         if consumer is None:
             return
@@ -136,15 +133,15 @@ class Consumer(faust_aiokafka.Consumer):
     # 1,000 events/s. The aiokafka consumer now pauses what faust pauses.
     def pause_partitions(self, tps: Any) -> None:
         super().pause_partitions(tps)
-        self._thread.mirror_paused(set(self._paused_partitions))
+        self._thread.mirror_paused(self._paused_partitions)
 
     def resume_partitions(self, tps: Any) -> None:
         super().resume_partitions(tps)
-        self._thread.mirror_paused(set(self._paused_partitions))
+        self._thread.mirror_paused(self._paused_partitions)
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         await super().on_partitions_assigned(assigned, generation_id)
-        self._thread.mirror_paused(set(self._paused_partitions))
+        self._thread.mirror_paused(self._paused_partitions)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - run by every worker test
         """faust's fetch loop (0.15.3 `Consumer._drain_messages` and `getmany`), delivering the
