@@ -144,16 +144,37 @@ async def kafka_reachable(producer: AIOKafkaProducer, timeout_s: float = 2.0) ->
         return False
 
 
+# Kafka refuses records over ~1 MiB by default (broker message.max.bytes, producer max_request_size).
+# Anything Loopline produces whose size depends on its input is bounded below that, with room for
+# the record's own overhead.
+MAX_RECORD_BYTES = 1_000_000
+# A dead letter keeps at most this much of the rejected value and key (the rest is cut, and a header
+# says how long the original was), and at most this much of the original record's own headers.
+DLQ_MAX_VALUE_BYTES = 768 * 1024
+DLQ_MAX_KEY_BYTES = 16 * 1024
+DLQ_MAX_HEADER_BYTES = 64 * 1024
+
+
 def dead_letter_headers(record: Any, error: Exception, service: str, reason_code: str) -> Headers:
     """Headers naming where a rejected record came from and why it was rejected.
 
     `record` is an aiokafka ConsumerRecord or a faust Message (topic, partition, offset, headers).
+    The record's own headers are kept first, up to DLQ_MAX_HEADER_BYTES in all.
     """
     original = record.headers or ()
     if isinstance(original, Mapping):
         original = list(original.items())
+    kept: Headers = []
+    budget = DLQ_MAX_HEADER_BYTES
+    for k, v in original:
+        size = len(k) + len(v or b"")
+        if size > budget:
+            kept.append(("dlq.headers.dropped", str(len(original) - len(kept)).encode()))
+            break
+        budget -= size
+        kept.append((k, v))
     return [
-        *original,
+        *kept,
         ("dlq.source.topic", record.topic.encode()),
         ("dlq.source.partition", str(record.partition).encode()),
         ("dlq.source.offset", str(record.offset).encode()),
@@ -163,6 +184,22 @@ def dead_letter_headers(record: Any, error: Exception, service: str, reason_code
         ("dlq.service", service.encode()),
         ("dlq.timestamp_ms", str(int(time.time() * 1000)).encode()),
     ]
+
+
+def dead_letter(topic: str, record: Any, error: Exception, service: str, reason_code: str) -> OutRecord:
+    """The dead-letter record for a rejected input record: its key and value unchanged unless too
+    large (then cut, with `dlq.key.truncated` / `dlq.value.truncated` = the original length), its
+    headers and the dlq.* headers. Always small enough for the broker, so dead-lettering itself
+    can never fail on size and stall the consumer that rejects the record."""
+    headers = dead_letter_headers(record, error, service, reason_code)
+    key, value = record.key, record.value
+    if key is not None and len(key) > DLQ_MAX_KEY_BYTES:
+        headers.append(("dlq.key.truncated", str(len(key)).encode()))
+        key = key[:DLQ_MAX_KEY_BYTES]
+    if value is not None and len(value) > DLQ_MAX_VALUE_BYTES:
+        headers.append(("dlq.value.truncated", str(len(value)).encode()))
+        value = value[:DLQ_MAX_VALUE_BYTES]
+    return OutRecord(topic, key, value, headers)
 
 
 def header_dict(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:

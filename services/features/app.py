@@ -28,7 +28,7 @@ from services.features.metrics import FeaturesMetrics
 from services.features.offline import OfflineWriter
 from services.features.runtime import App, Batch
 from shared.features import FeatureEngine
-from shared.kafka import OutRecord, dead_letter_headers
+from shared.kafka import OutRecord, dead_letter
 from shared.metrics import render
 from shared.offline import open_store
 from shared.serialization import dumps, loads, parse_time
@@ -119,8 +119,7 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
                                       key_type=bytes, value_type=bytes, options=rocksdb))
 
     def dead_letter(msg: Any, reason: str, code: str) -> OutRecord:
-        return OutRecord(dlq_name, msg.key, msg.value,
-                         dead_letter_headers(msg, ValueError(reason), SERVICE, code))
+        return dead_letter(dlq_name, msg, ValueError(reason), SERVICE, code)
 
     @app.batch_agent(events_t)
     async def compute_features(batch: Batch) -> asyncio.Future[Any]:

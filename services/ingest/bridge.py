@@ -18,7 +18,7 @@ from services.ingest.metrics import IngestMetrics
 from services.ingest.publisher import Publisher
 from shared.errors import KafkaUnavailable
 from shared.events import EventValidator
-from shared.kafka import committed_lag, consume_batches, dead_letter_headers, make_consumer
+from shared.kafka import committed_lag, consume_batches, dead_letter, make_consumer
 from shared.serialization import utcnow
 from shared.settings import KafkaSettings
 from shared.topics import Topics
@@ -46,8 +46,8 @@ class RawBridge:
                 by_topic.setdefault(self.targets[o.kind], []).append((o.outgoing.key, o.outgoing.value, None))
             else:
                 assert o.error is not None
-                headers = dead_letter_headers(o.record, o.error, SERVICE, o.error.reason_code)
-                by_topic.setdefault(self.topics["events.dlq"], []).append((o.record.key, o.record.value, headers))
+                dlq = dead_letter(self.topics["events.dlq"], o.record, o.error, SERVICE, o.error.reason_code)
+                by_topic.setdefault(dlq.topic, []).append((dlq.key, dlq.value, dlq.headers))
         delay = 0.2
         while True:
             try:
