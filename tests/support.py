@@ -64,6 +64,13 @@ class Broker:
         while _alive(pid):
             time.sleep(0.05)
 
+    def pause(self) -> None:
+        """SIGSTOP the broker: connections stay open, nothing is answered (a hung broker)."""
+        os.kill(int((self.data / "kafka.pid").read_text()), signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(int((self.data / "kafka.pid").read_text()), signal.SIGCONT)
+
     def destroy(self) -> None:
         try:
             self.stop()

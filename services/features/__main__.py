@@ -4,6 +4,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
+import threading
+from typing import Any
 
 import faust
 import uvloop
@@ -16,6 +19,23 @@ from shared.topics import Topics
 
 
 class Worker(faust.Worker):
+    shutdown_timeout_s = 30.0
+
+    def _schedule_shutdown(self, signal: Any) -> None:
+        # A clean stop commits offsets, which flushes the producer; if the broker does not answer,
+        # that can hang. Whatever hangs, the process is gone shutdown_timeout_s after the signal
+        # (a thread, so a blocked event loop cannot hold it back); it restarts from its last commit.
+        timer = threading.Timer(self.shutdown_timeout_s, self._exit_now)
+        timer.daemon = True
+        timer.start()
+        super()._schedule_shutdown(signal)
+
+    def _exit_now(self) -> None:
+        logging.getLogger(__name__).error("clean stop did not finish in time; exiting",
+                                          extra={"timeout_s": self.shutdown_timeout_s})
+        logging.shutdown()
+        os._exit(1)
+
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
         # faust, aiokafka and the app leave about a million long-lived objects, which every full
@@ -37,6 +57,7 @@ def main() -> None:
     handler.setFormatter(JsonFormatter("features"))
     app.conf.loghandlers = [handler]
     worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    worker.shutdown_timeout_s = settings.shutdown_timeout_s
     worker.execute_from_commandline()
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import faust
@@ -22,12 +22,13 @@ from aiokafka.errors import KafkaError
 
 from services.features.config import FeaturesSettings
 from services.features.domain import (
-    EXPIRY, LabelJoin, decode_entry, decode_expiry, encode_entry, entity_key, expiry_key, process_event,
+    JoinTable, LabelClock, LabelJoin, LateEvent, Rejected, decode_event, decode_join_input, entity_key,
+    process_event,
 )
 from services.features.metrics import FeaturesMetrics
 from services.features.offline import OfflineWriter
 from services.features.runtime import App, Batch
-from shared.features import FeatureEngine
+from shared.features import FeatureEngine, FeatureStore
 from shared.kafka import OutRecord, dead_letter
 from shared.metrics import render
 from shared.offline import open_store
@@ -47,6 +48,7 @@ class Progress:
     lag: int = -1
     committed: int = -1
     advanced_at: float = field(default_factory=time.monotonic)
+    read_at: float = field(default_factory=time.monotonic)  # when the lag was last read
 
 
 def faust_broker(settings: FeaturesSettings) -> dict[str, Any]:
@@ -67,7 +69,6 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
     settings = settings or FeaturesSettings()
     spec = load_spec(settings.spec_path)
     engine = FeatureEngine(spec)
-    joiner = LabelJoin(spec)
     topics = Topics(settings.topic_prefix)
     metrics = FeaturesMetrics()
     partitions = topics.spec_of(topics["events"]).partitions
@@ -100,6 +101,7 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
         # records per fetch, i.e. per batch (faust: unlimited): bounds the memory of the batches in flight
         broker_max_poll_records=1000,
     )
+    app.output_timeout_s = settings.output_timeout_s
 
     events_t = app.topic(topics["events"], key_type=bytes, value_type=bytes, key_serializer="raw",
                          value_serializer="raw", partitions=partitions)
@@ -118,91 +120,81 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
     joins = app.batch_table(app.Table("label-join", default=None, partitions=partitions,
                                       key_type=bytes, value_type=bytes, options=rocksdb))
 
-    def dead_letter(msg: Any, reason: str, code: str) -> OutRecord:
-        return dead_letter(dlq_name, msg, ValueError(reason), SERVICE, code)
+    store = FeatureStore(engine, cache_events=settings.cache_events, cache_entities=settings.cache_entities)
+    state_views = {p: state.view(p) for p in range(partitions)}
+    join_views = {p: joins.view(p) for p in range(partitions)}
+
+    @app.on_partitions_revoked.connect
+    async def forget_cached_states(app: Any, revoked: Any, **kwargs: Any) -> None:
+        store.drop()  # another worker may change these entities now; the table holds the truth
 
     @app.batch_agent(events_t)
     async def compute_features(batch: Batch) -> asyncio.Future[Any]:
         out: list[OutRecord] = []
         ingested: list[str] = []
+        now = time.time()
         for tp, messages in batch.items():
             p = tp.partition
+            view = state_views[p]
             for msg in messages:
-                record = loads(msg.value)
-                key = entity_key(record).encode()
-                res = process_event(engine, state.get(p, key), record)
+                try:
+                    record = decode_event(msg.value)
+                    res = process_event(store, view, p, record, now=now, max_future_s=settings.max_future_s,
+                                        max_bytes=settings.max_snapshot_bytes)
+                except Rejected as exc:  # this record only: dead-lettered with its reason, the worker goes on
+                    metrics.events.labels(exc.code).inc()
+                    out.append(dead_letter(dlq_name, msg, exc, SERVICE, exc.code))
+                    continue
                 metrics.events.labels(res.status).inc()
                 if res.status == "late":
                     metrics.late.inc()
-                    out.append(dead_letter(msg, res.reason, "late"))
+                    out.append(dead_letter(dlq_name, msg, LateEvent(res.reason), SERVICE, "late"))
                     continue
-                if res.state is not None:
-                    state.set(p, key, res.state)
-                else:
-                    state.resend(p, key)  # a redelivery: make sure the changelog has what the store has
-                if res.snapshot is not None:
-                    value = dumps(res.snapshot)
-                    out.append(OutRecord(features_name, key, value))
-                    out.append(OutRecord(by_event_name, record["event_id"].encode(), value))
-                    ingested.append(record["ingested_at"])
+                out.append(OutRecord(features_name, entity_key(record).encode(), res.snapshot))
+                out.append(OutRecord(by_event_name, record["event_id"].encode(), res.snapshot))
+                ingested.append(record["ingested_at"])
+
         def observe(_: Any) -> None:  # when the snapshots are acknowledged
             now = time.time()
             for at in ingested:
                 metrics.snapshot_latency.observe(max(0.0, now - parse_time(at).timestamp()))
         return await app.send_all(out, on_output=observe)
 
-    # Join entries expire by stream time (the newest snapshot event time seen on the partition).
-    # The join table also holds an expiry index, sorted by time: RocksDB keeps it, not memory.
-    stream_time: dict[int, float] = defaultdict(float)
-
-    def expires(entry: dict[str, Any] | None) -> float | None:
-        return None if entry is None else entry["t"] + joiner.max_delay
-
-    def sweep(p: int) -> None:
-        now = stream_time[p]
-        due = []
-        for index_key, _ in joins.items_from(p, EXPIRY):
-            at, key = decode_expiry(index_key)
-            if at >= now:
-                break
-            due.append((index_key, key))
-        for index_key, key in due:
-            joins.delete(p, index_key)
-            entry = decode_entry(joins.get(p, key))
-            if entry is not None and (kind := joiner.expired(entry, now)) is not None:
-                metrics.expired.labels(kind).inc()
-                joins.delete(p, key)
+    joined = JoinTable(LabelJoin(spec, settings.join_wall_grace_s))
+    clock = LabelClock()
 
     @app.batch_agent(join_source)
     async def join_labels(batch: Batch) -> asyncio.Future[Any]:
         out: list[OutRecord] = []
+        now = time.time()
         for tp, messages in batch.items():
             p = tp.partition
+            view = join_views[p]
+            kind = "label" if tp.topic == labels_name else "snapshot"
             for msg in messages:
-                record = loads(msg.value)
-                key = msg.key
-                entry = decode_entry(joins.get(p, key))
-                if tp.topic == labels_name:
-                    res = joiner.on_label(entry, record)
+                try:
+                    record = decode_join_input(kind, msg.value, now=now, max_future_s=settings.max_future_s)
+                except Rejected as exc:
+                    (metrics.labels if kind == "label" else metrics.events).labels(exc.code).inc()
+                    out.append(dead_letter(dlq_name, msg, exc, SERVICE, exc.code))
+                    continue
+                if kind == "label":
+                    clock.observe(p, parse_time(record["occurred_at"]).timestamp())
+                res = joined.apply(view, msg.key, kind, record, [tp.topic, p, msg.offset], now)
+                if kind == "label":
                     metrics.labels.labels(res.status).inc()
-                else:
-                    res = joiner.on_snapshot(entry, record)
-                    if res.entry is not None:
-                        stream_time[p] = max(stream_time[p], res.entry["t"])
-                if res.status in ("conflict", "late_label"):
-                    out.append(dead_letter(msg, res.reason, res.status))
-                if res.entry is not None:
-                    joins.set(p, key, encode_entry(res.entry))
-                    if (at := expires(res.entry)) != (before := expires(entry)):
-                        if before is not None:
-                            joins.delete(p, expiry_key(before, key))
-                        joins.set(p, expiry_key(at, key), b"")
-                elif entry is not None:
-                    joins.resend(p, key)  # a redelivery (see compute_features)
+                if res.status in ("conflict", "late_label", "label_before_event"):
+                    out.append(dead_letter(dlq_name, msg, Rejected(res.status, res.reason), SERVICE, res.status))
                 if res.example is not None:
                     out.append(OutRecord(examples_name, entity_key(res.example).encode(), dumps(res.example)))
                     metrics.examples.inc()
-            sweep(p)
+            for gone in joined.sweep(view, clock.now(p), now):
+                metrics.expired.labels(gone.kind).inc()
+                if gone.record is not None:
+                    source = SimpleNamespace(topic=gone.src[0], partition=gone.src[1], offset=gone.src[2],
+                                             key=gone.key, value=dumps(gone.record), headers=None)
+                    code = "unlabelled" if gone.kind == "snapshot" else "unmatched_label"
+                    out.append(dead_letter(dlq_name, source, Rejected(code, gone.reason), SERVICE, code))
         return await app.send_all(out)
 
     progress = Progress()
@@ -236,9 +228,12 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
 
     @app.page("/readyz")
     async def readyz(web: Any, request: Any) -> Any:
-        stalled = progress.lag > 0 and time.monotonic() - progress.advanced_at > settings.stall_after_s
+        now = time.monotonic()
+        stalled = progress.lag > 0 and now - progress.advanced_at > settings.stall_after_s
         checks = {"recovered": not app.in_recovery and not app.rebalancing,
-                  "progressing": not stalled, "lag_known": progress.lag >= 0}
+                  "progressing": not stalled,
+                  "lag_known": progress.lag >= 0 and now - progress.read_at < settings.stall_after_s + LAG_INTERVAL_S,
+                  "output_acknowledged": app.consumer.oldest_in_flight_s() < settings.stall_after_s}
         ok = all(checks.values())
         assigned = sum(1 for tp in app.consumer.assignment() if tp.topic == topics["events"])
         return web.json({"ready": ok, "lag": progress.lag, "assigned": assigned, "checks": checks},
@@ -270,5 +265,5 @@ async def _track(consumer: AIOKafkaConsumer, parts: list[TopicPartition], progre
     if committed != progress.committed or lag == 0:
         progress.advanced_at = time.monotonic()
         metrics.last_progress.set(time.time())
-    progress.committed, progress.lag = committed, lag
+    progress.committed, progress.lag, progress.read_at = committed, lag, time.monotonic()
     metrics.lag.set(lag)

@@ -24,3 +24,15 @@ class FeaturesSettings(ServiceSettings):
     session_timeout_s: float = Field(20.0, gt=0, description="Group session timeout: how soon a dead worker's partitions move")
     commit_interval_s: float = Field(1.0, gt=0, description="Offset commit interval of the stream")
     stall_after_s: float = Field(60.0, gt=0, description="/readyz fails when lag stands still this long")
+    output_timeout_s: float = Field(60.0, gt=0, description="The worker stops when the broker leaves output "
+                                                            "unacknowledged this long (it restarts from its last commit)")
+    shutdown_timeout_s: float = Field(30.0, gt=0, description="After SIGTERM/SIGINT the process exits at the latest "
+                                                              "this long later, even if a clean stop hangs")
+    cache_events: int = Field(2_000_000, ge=1000, description="Events of decoded entity states kept in memory")
+    cache_entities: int = Field(20_000, ge=10, description="Decoded entity states kept in memory")
+    max_future_s: float = Field(300.0, ge=0, description="Events further ahead of the worker's clock are dead-lettered")
+    join_wall_grace_s: float = Field(
+        86_400.0, ge=0, description="Join entries are forgotten this long after max_delay has passed on the worker's "
+                                    "clock, labelled or not (the label clock expires them sooner)")
+    max_snapshot_bytes: int = Field(900_000, ge=10_000, le=1_000_000,
+                                    description="Events whose snapshot record would be larger are dead-lettered")

@@ -10,18 +10,18 @@ class FeaturesMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.events = Counter("loopline_features_events_total", "Events processed, by outcome",
-                              ["outcome"], registry=r)  # new | duplicate | late | unknowable
+                              ["outcome"], registry=r)  # new | duplicate | late | invalid | invalid_json | future | too_large | state_error
         self.late = Counter("loopline_features_late_events_total", "Events beyond the allowed lateness",
                             registry=r)
         self.snapshot_latency = Histogram(
             "loopline_features_snapshot_latency_seconds", "From ingest acknowledgement to snapshot emitted",
             buckets=LATENCY_BUCKETS, registry=r)
         self.labels = Counter("loopline_features_labels_total", "Labels seen by the join, by outcome",
-                              ["outcome"], registry=r)  # waiting | joined | duplicate | conflict | late_label
+                              ["outcome"], registry=r)  # waiting | joined | duplicate | conflict | late_label | label_before_event | invalid | future
         self.examples = Counter("loopline_features_training_examples_total", "Training examples emitted",
                                 registry=r)
         self.expired = Counter("loopline_features_join_expired_total", "Join entries expired, by kind",
-                               ["kind"], registry=r)  # snapshot (never labelled) | label (event unseen) | joined
+                               ["kind"], registry=r)  # snapshot (never labelled) | label (event unseen) | joined | late_label
         self.lag = Gauge("loopline_features_lag_records", "Events not yet committed", registry=r)
         self.last_progress = Gauge("loopline_features_last_progress_timestamp_seconds",
                                    "When the committed position last advanced (or lag was 0)", registry=r)

@@ -34,6 +34,7 @@ upstream.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -59,6 +60,11 @@ CHANGELOG_FLUSH_RECORDS = 1000
 MAX_IN_FLIGHT_RECORDS = 4000
 
 Batch = dict[TP, list[Message]]
+
+
+class OutputStalled(RuntimeError):
+    """The broker did not acknowledge output within the output timeout; the worker stops."""
+
 # processes a batch and returns what resolves once all of its output is acknowledged by the broker
 BatchHandler = Callable[[Batch], Awaitable["asyncio.Future[Any]"]]
 
@@ -113,8 +119,8 @@ class Consumer(faust_aiokafka.Consumer):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.batch_lock = asyncio.Lock()
-        # delivered batches not yet acked, oldest first: (output done, batch, consumer generation)
-        self.in_flight: deque[tuple[asyncio.Future[Any], Batch, int]] = deque()
+        # delivered batches not yet acked, oldest first: (output done, batch, consumer generation, since)
+        self.in_flight: deque[tuple[asyncio.Future[Any], Batch, int, float]] = deque()
         self.in_flight_records = 0
 
     def _new_consumer_thread(self) -> ConsumerThread:
@@ -123,7 +129,7 @@ class Consumer(faust_aiokafka.Consumer):
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         async with self.batch_lock:  # no new batch; the batches in flight finish and ack first
             if self.in_flight:
-                await asyncio.gather(*(done for done, _, _ in self.in_flight), return_exceptions=True)
+                await asyncio.gather(*(entry[0] for entry in self.in_flight), return_exceptions=True)
             await super().on_partitions_revoked(revoked)
 
     # faust pauses partitions in its own bookkeeping only (it filters what it takes from the fetcher),
@@ -225,16 +231,20 @@ class Consumer(faust_aiokafka.Consumer):
             done = asyncio.ensure_future(await handler(batch))
             for tp, messages in batch.items():
                 self._read_offset[tp] = messages[-1].offset
-            self.in_flight.append((done, batch, generation))
+            self.in_flight.append((done, batch, generation, time.monotonic()))
             self.in_flight_records += sum(map(len, batch.values()))
             done.add_done_callback(self._ack_done_batches)
+
+    def oldest_in_flight_s(self) -> float:
+        """How long the oldest batch in flight has waited for its output (0 when none)."""
+        return time.monotonic() - self.in_flight[0][3] if self.in_flight else 0.0
 
     def _ack_done_batches(self, _: asyncio.Future[Any]) -> None:
         """Ack finished batches in delivery order: a batch is acked only after every earlier one
         (faust's commit logic tolerates an ack gap right after the committed offset)."""
         in_flight, ack = self.in_flight, self.ack
         while in_flight and in_flight[0][0].done():
-            done, batch, generation = in_flight.popleft()
+            done, batch, generation, _ = in_flight.popleft()
             self.in_flight_records -= sum(map(len, batch.values()))
             error = done.exception() if not done.cancelled() else asyncio.CancelledError()
             if error is not None:  # never acked: the worker stops, its events are redelivered
@@ -250,8 +260,21 @@ class Consumer(faust_aiokafka.Consumer):
                     ack(message)
 
 
+class Producer(faust_aiokafka.Producer):
+    async def flush(self) -> None:
+        """faust flushes the producer before every offset commit, with no time limit: a producer
+        that never gets its acknowledgements hung the commit task (and with it the worker's
+        shutdown). A flush that takes longer than the app's output timeout crashes the worker
+        instead; it restarts from the last commit."""
+        try:
+            await asyncio.wait_for(super().flush(), self.app.output_timeout_s)
+        except asyncio.TimeoutError:
+            raise OutputStalled(f"producer flush took over {self.app.output_timeout_s:g}s") from None
+
+
 class Transport(faust_aiokafka.Transport):
     Consumer = Consumer
+    Producer = Producer
 
 
 Change = tuple[int, bytes | None]  # (write number, value; None deletes)
@@ -298,13 +321,6 @@ class BatchTable:
     def delete(self, partition: int, key: bytes) -> None:
         self._write(partition, key, None)
 
-    def resend(self, partition: int, key: bytes) -> None:
-        """Store and send the current value again (after a redelivery: the local store may hold a
-        write whose changelog record was lost with a crash)."""
-        value = self.get(partition, key)
-        if value is not None:
-            self._write(partition, key, value)
-
     def items_from(self, partition: int, start: bytes) -> Iterator[tuple[bytes, bytes]]:
         """The partition's stored entries in key order, from `start` on (not the unstored writes)."""
         return iter(self._db(partition).items(from_key=start))
@@ -313,10 +329,13 @@ class BatchTable:
         batch, self._batch = self._batch, {}
         return batch
 
-    def store(self, batch: dict[tuple[int, bytes], Change]) -> list[OutRecord]:
-        """Write a batch's changes to RocksDB (in batch order) and return its changelog records."""
-        topic, unstored = self.changelog, self._unstored
-        records = []
+    def changelog_records(self, batch: dict[tuple[int, bytes], Change]) -> list[OutRecord]:
+        topic = self.changelog
+        return [OutRecord(topic, key, change[1], None, partition) for (partition, key), change in batch.items()]
+
+    def store(self, batch: dict[tuple[int, bytes], Change]) -> None:
+        """Write a batch's changes to RocksDB (after their changelog records are acknowledged)."""
+        unstored = self._unstored
         for (partition, key), change in batch.items():
             db, value = self._db(partition), change[1]
             if value is None:
@@ -325,11 +344,33 @@ class BatchTable:
                 db[key] = value
             if unstored.get((partition, key)) is change:  # not written again by a later batch
                 del unstored[(partition, key)]
-            records.append(OutRecord(topic, key, value, None, partition))
-        return records
 
     def persisted(self, tp: TP, offset: int) -> None:
         self.table.data.set_persisted_offset(tp, offset)
+
+    def view(self, partition: int) -> PartitionView:
+        return PartitionView(self, partition)
+
+
+class PartitionView:
+    """One partition of a BatchTable as a plain key-value store (what domain code works on)."""
+
+    __slots__ = ("_table", "_p")
+
+    def __init__(self, table: BatchTable, partition: int):
+        self._table, self._p = table, partition
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._table.get(self._p, key)
+
+    def set(self, key: bytes, value: bytes) -> None:
+        self._table.set(self._p, key, value)
+
+    def delete(self, key: bytes) -> None:
+        self._table.delete(self._p, key)
+
+    def items_from(self, start: bytes) -> Iterator[tuple[bytes, bytes]]:
+        return self._table.items_from(self._p, start)
 
 
 class App(faust.App):
@@ -339,6 +380,8 @@ class App(faust.App):
         super().__init__(*args, **kwargs)
         self.batch_handlers = {}
         self.batch_tables: list[BatchTable] = []
+        self.output_timeout_s = 60.0  # see Producer.flush and send_all
+        self._last_queued: asyncio.Future[Any] | None = None
         self._last_stored: asyncio.Future[Any] | None = None
         self._last_flush: asyncio.Future[Any] | None = None
         # the changelog flush being filled: (acknowledged, records, timer)
@@ -379,26 +422,39 @@ class App(faust.App):
         table writes (in batch order) and queue their changelog records. Returns what resolves when
         all of it is acknowledged: a batch handler's return value."""
         changes = [(table, table.take_batch()) for table in self.batch_tables]
-        output = asyncio.gather(*await send_batched(self.kafka_producer, records))
+        try:  # send_batch waits for room in the producer: as long as the broker does not answer
+            sent = await asyncio.wait_for(send_batched(self.kafka_producer, records), self.output_timeout_s)
+        except asyncio.TimeoutError:
+            raise OutputStalled(f"output not accepted by the producer within {self.output_timeout_s:g}s") from None
+        output = asyncio.gather(*sent)
         if on_output is not None:
             output.add_done_callback(on_output)
         loop = asyncio.get_running_loop()
-        previous, self._last_stored = self._last_stored, loop.create_future()
-        stored, done = self._last_stored, loop.create_future()
+        previous_queued, self._last_queued = self._last_queued, loop.create_future()
+        previous_stored, self._last_stored = self._last_stored, loop.create_future()
+        queued, stored, done = self._last_queued, self._last_stored, loop.create_future()
 
         async def store_then_changelog() -> None:
             try:
-                await output
-                if previous is not None:
-                    await previous  # stores and changelog records go in batch order
-                changelog = [rec for table, batch in changes for rec in table.store(batch)]
+                try:  # acknowledged in time, or the worker stops (and restarts from its last commit)
+                    await asyncio.wait_for(asyncio.shield(output), self.output_timeout_s)
+                except asyncio.TimeoutError:
+                    raise OutputStalled(f"output not acknowledged within {self.output_timeout_s:g}s") from None
+                if previous_queued is not None:
+                    await previous_queued  # changelog records go out in batch order
+                flushed = self._changelog([rec for table, batch in changes for rec in table.changelog_records(batch)])
+                queued.set_result(None)
+                await flushed
+                if previous_stored is not None:
+                    await previous_stored  # stores go in batch order
+                for table, batch in changes:
+                    table.store(batch)
                 stored.set_result(None)
-                await self._changelog(changelog)
             except asyncio.CancelledError:
-                for fut in (stored, done):
+                for fut in (queued, stored, done):
                     fut.cancel()
             except Exception as exc:  # noqa: BLE001 - handed to the consumer, which crashes the worker
-                for fut in (stored, done):
+                for fut in (queued, stored, done):
                     if not fut.done():
                         fut.set_exception(exc)
             else:
@@ -435,7 +491,11 @@ class App(faust.App):
                 await previous  # flushes queue their record batches in order
             sent = await send_batched(self.kafka_producer, records)
             queued.set_result(None)  # aiokafka keeps the order within each partition from here
-            for meta in await asyncio.gather(*sent):
+            try:
+                metas = await asyncio.wait_for(asyncio.gather(*sent), self.output_timeout_s)
+            except asyncio.TimeoutError:
+                raise OutputStalled(f"changelog not acknowledged within {self.output_timeout_s:g}s") from None
+            for meta in metas:
                 # the batch's first offset: a recovery may re-read a few records it already has
                 tables[meta.topic].persisted(TP(meta.topic, meta.partition), meta.offset)
         except asyncio.CancelledError:

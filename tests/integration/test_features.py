@@ -224,10 +224,14 @@ async def test_labels_early_late_twice_never_and_late_events(kafka, topics, work
         label("conflict", False, "2026-03-01T13:00:00Z"),  # contradicts the first: dead-lettered
     ])
     # late event: 1 h behind entity a's newest event, allowed lateness is 5 min
-    await produce(kafka, topics["events"], envelopes([ev("too-late", "a", "2026-03-01T08:00:00Z")]))
-    # advance stream time on the join partition of "never" by more than 7 days
-    advance = same_partition_ids("never", 1, "tick-")
-    await produce(kafka, topics["events"], envelopes([ev(advance[0], "z", "2026-03-20T00:00:00Z")]))
+    await produce(kafka, topics["events"], envelopes([ev("too-late", "a", "2026-03-01T08:00:00Z"),
+                                                       ev("before", "e", "2026-03-01T09:00:00Z")]))
+    time.sleep(1)
+    await send_labels([label("before", True, "2026-03-01T08:59:59Z")])  # observed before its event
+    # Advance the label clock on the join partition of "never" by more than 7 days: the clock is the
+    # second-largest label time seen there, so it takes two labels (of events never sent).
+    ticks = same_partition_ids("never", 2, "tick-")
+    await send_labels([label(ticks[0], True, "2026-03-20T00:00:00Z"), label(ticks[1], True, "2026-03-20T00:00:01Z")])
 
     examples = await read_topic(kafka, topics["training-examples"], expect=3, timeout_s=180)
     examples += await read_topic(kafka, topics["training-examples"], idle_s=3)  # redeliveries, if any
@@ -242,11 +246,16 @@ async def test_labels_early_late_twice_never_and_late_events(kafka, topics, work
     assert twice["features"]["txn_count_10m"] == 1 and twice["entity"] == "a"  # saw "early" 5 min before
     assert twice["labelled_at"] == "2026-03-02T00:00:00Z"
 
-    dlq = await read_topic(kafka, topics["events.dlq"], expect=3, timeout_s=180)
+    dlq = await read_topic(kafka, topics["events.dlq"], expect=5, timeout_s=180)
     reasons = {header_dict(r.headers)["dlq.error.code"]: (r, header_dict(r.headers)) for r in dlq}
-    assert set(reasons) == {"late", "late_label", "conflict"}
+    assert set(reasons) == {"late", "late_label", "conflict", "label_before_event", "unlabelled"}
     late_rec, late_h = reasons["late"]
     assert loads(late_rec.value)["event_id"] == "too-late" and late_h["dlq.source.topic"] == topics["events"]
+    assert late_h["dlq.error.class"] == "LateEvent"
+    never_rec, never_h = reasons["unlabelled"]
+    assert loads(never_rec.value)["event_id"] == "never" and never_rec.key == b"never"
+    assert never_h["dlq.source.topic"] == topics["snapshots.by-event"] and "max delay" in never_h["dlq.error.message"]
+    assert loads(reasons["label_before_event"][0].value)["target_event_id"] == "before"
     assert "allowed lateness is 300s" in late_h["dlq.error.message"]
     assert "max delay" in reasons["late_label"][1]["dlq.error.message"]
     assert "first label stands" in reasons["conflict"][1]["dlq.error.message"]

@@ -14,7 +14,11 @@ import pytest
 
 from shared.errors import SpecError
 from shared.events import EventValidator
-from shared.features import Applied, EntityState, FeatureEngine, StateFormatError
+from shared import features
+from shared.features import (
+    FeatureEngine, FeatureStore, Processed, StateFormatError, event_id_hash, parse_state_key, state_key,
+)
+from shared.serialization import dumps, loads
 from shared.spec import load_spec, parse_spec
 from tests.reference import Reference, assert_same
 
@@ -150,46 +154,61 @@ def make_stream(spec, make_fields, *, seed: int, n: int, entities: int, gap: flo
     return out
 
 
-def run_and_compare(spec, stream, *, roundtrip_every: int = 0) -> dict:
+class DictKV(dict):
+    """The FeatureStore's key-value store as a dict (a RocksDB partition in the worker)."""
+
+    def set(self, key: bytes, value: bytes) -> None:
+        self[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self.pop(key, None)
+
+
+def run_and_compare(spec, stream, *, cache_entities: int = 3, hot: int | None = None) -> dict:
+    """Every event through a FeatureStore (a small cache, so states are decoded from their records
+    again and again) against the pandas reference; duplicates must re-emit the original's record."""
     engine = FeatureEngine(spec)
+    store = FeatureStore(engine, cache_entities=cache_entities)
+    kv = DictKV()
     ref = Reference(spec)
-    states: dict = {}
+    emitted: dict = {}
     results = []
     stats: dict = defaultdict(int)
-    for k, (event_id, fields) in enumerate(stream):
-        entity = engine.entity_of(fields)
-        t = engine.event_time(fields)
-        state = states.get(entity) or engine.new_state()
-        if roundtrip_every and k % roundtrip_every == 0:
-            state = engine.load(engine.dump(state))
-        served = engine.snapshot(state, t, fields)
-        before = state.to_bytes()
-        if t < state.max_t:
-            stats["out_of_order"] += 1
-        applied = engine.apply(state, event_id, t, fields)
-        states[entity] = state
-        status, row, max_t = ref.process(event_id, t, fields)
-        assert applied.status == status, f"event {k} ({event_id}): engine {applied.status}, pandas {status}"
-        stats[status] += 1
-        if status == "new":
-            assert applied.features == served, f"event {k}: snapshot() differs from apply()"
-        else:
-            assert state.to_bytes() == before, f"event {k}: a {status} event changed the state"
-        if status == "late":
-            assert applied.features is None
-            continue
-        results.append((k, status, applied.features, row, max_t))
+    with pytest.MonkeyPatch.context() as mp:
+        if hot is not None:
+            mp.setattr(features, "HOT", hot)
+        for k, (event_id, fields) in enumerate(stream):
+            entity = (engine.entity_of(fields) or "-").encode()
+            t = engine.event_time(fields)
+            state = store.state(kv, 0, entity)
+            served = engine.snapshot(state, t, fields)
+            before = dict(kv)
+            if t < state.max_t:
+                stats["out_of_order"] += 1
+            got = store.process(kv, 0, entity, event_id, t, fields, dumps)
+            status, row, max_t = ref.process(event_id, t, fields)
+            assert got.status == status, f"event {k} ({event_id}): engine {got.status}, pandas {status}"
+            stats[status] += 1
+            if status == "new":
+                assert loads(got.record) == served, f"event {k}: snapshot() differs from the emitted one"
+                emitted[event_id] = got.record
+            else:
+                assert dict(kv) == before, f"event {k}: a {status} event changed the stored state"
+            if status == "late":
+                assert got.record is None and got.behind > spec.features.allowed_lateness.total_seconds()
+                continue
+            if status == "duplicate":
+                assert got.record == emitted[event_id], f"event {k}: a duplicate re-emits other bytes"
+                continue
+            results.append((k, loads(got.record), row))
     snapshots = ref.snapshots()
-    for k, status, features, row, max_t in results:
-        want = snapshots[(row["entity"], row["seq"])]
-        if status == "duplicate" and features is None:
-            # Allowed only when eviction may have dropped part of the original's snapshot.
-            assert row["t"] < max_t - ref.lateness or ref.max_window < ref.lateness, f"event {k}"
-            stats["duplicate_unreplayable"] += 1
-            continue
-        assert_same(features, want, f"event {k} ({status})")
-    stats["kept"] = sum(len(s) for s in states.values())
+    for k, feats, row in results:
+        assert_same(feats, snapshots[(row["entity"], row["seq"])], f"event {k}")
+    store.drop()
+    states = [store.state(kv, 0, e) for e in {parse_state_key(key)[0] for key in kv}]
+    stats["kept"] = sum(len(s) for s in states)
     stats["accepted"] = sum(len(rows) for rows in ref.accepted.values())
+    stats["records"] = len(kv)
     return stats
 
 
@@ -197,25 +216,28 @@ def check_stats(stats: dict) -> None:
     assert stats["new"] > 0 and stats["duplicate"] > 20 and stats["late"] > 10 and stats["out_of_order"] > 50
 
 
-def test_fraud_spec_matches_pandas():
+@pytest.mark.parametrize("hot", [None, 2], ids=["direct", "running"])
+def test_fraud_spec_matches_pandas(hot):
     stream = make_stream(FRAUD, fraud_fields, seed=1, n=3000, entities=50, gap=150.0)
-    stats = run_and_compare(FRAUD, stream)
+    stats = run_and_compare(FRAUD, stream, hot=hot)
     check_stats(stats)
     assert stats["kept"] < stats["accepted"]  # eviction happened
 
 
-def test_custom_spec_matches_pandas():
+@pytest.mark.parametrize("hot", [None, 2], ids=["direct", "running"])
+def test_custom_spec_matches_pandas(hot):
     spec = custom_spec()
-    stats = run_and_compare(spec, make_stream(spec, custom_fields, seed=2, n=2000, entities=15, gap=12.0))
+    stats = run_and_compare(spec, make_stream(spec, custom_fields, seed=2, n=2000, entities=15, gap=12.0), hot=hot)
     check_stats(stats)
     assert stats["kept"] < stats["accepted"]
 
 
-def test_spec_without_entity_matches_pandas():
+@pytest.mark.parametrize("hot", [None, 2], ids=["direct", "running"])
+def test_spec_without_entity_matches_pandas(hot):
     spec = custom_spec(entity=False)
     engine = FeatureEngine(spec)
     assert engine.entity_of({"account": "x"}) is None
-    stats = run_and_compare(spec, make_stream(spec, custom_fields, seed=3, n=900, entities=5, gap=20.0))
+    stats = run_and_compare(spec, make_stream(spec, custom_fields, seed=3, n=900, entities=5, gap=20.0), hot=hot)
     assert stats["new"] > 0 and stats["duplicate"] > 5 and stats["late"] > 5
 
 
@@ -256,98 +278,137 @@ def test_no_look_ahead():
     assert engine.apply(state, "z", START + 302, txn("u", START + 302, 1.0)).features["txn_count_1h"] == 8
 
 
-def test_duplicates_replay_identical_snapshots_and_late_events_are_rejected():
+def test_duplicates_reemit_the_original_record_and_late_events_are_rejected():
     engine = FeatureEngine(FRAUD)
-    state = engine.new_state()
+    store, kv = FeatureStore(engine), DictKV()
     events = [(f"d{i}", txn("u", START + 37 * i + (i % 3) * 100, 5.0 * i, country="FR" if i % 2 else "DE"))
               for i in range(12)]
-    first = feed(engine, state, events)
-    assert all(a.status == "new" for a in first)
-    before = state.to_bytes()
+    first = [store.process(kv, 0, b"u", eid, engine.event_time(f), f, dumps) for eid, f in events]
+    assert all(p.status == "new" for p in first)
+    before = dict(kv)
     for i in (0, 3, 7, 11):
         event_id, fields = events[i]
-        again = engine.apply(state, event_id, engine.event_time(fields), fields)
-        assert again == Applied("duplicate", first[i].features)
-        assert state.to_bytes() == before
-    # The redelivery is recognized by event_id, whatever its payload.
-    assert engine.apply(state, "d5", START, txn("u", START, 1.0)).features == first[5].features
+        again = store.process(kv, 0, b"u", event_id, engine.event_time(fields), fields, dumps)
+        assert again == Processed("duplicate", first[i].record) and dict(kv) == before
+    # The redelivery is recognized by event_id, whatever its payload: the original record comes back.
+    assert store.process(kv, 0, b"u", "d5", START, txn("u", START, 1.0), dumps).record == first[5].record
+    state = store.state(kv, 0, b"u")
     late_t = state.max_t - 301
-    assert engine.apply(state, "late-1", late_t, txn("u", late_t, 3.0)) == Applied("late", None)
+    assert store.process(kv, 0, b"u", "late-1", late_t, txn("u", late_t, 3.0), dumps) == \
+        Processed("late", None, 301.0)
     assert engine.is_late(state, late_t) and not engine.is_late(state, state.max_t - 300)
-    assert state.to_bytes() == before
+    assert dict(kv) == before
     ok_t = state.max_t - 300  # exactly at the lateness bound: accepted
-    assert engine.apply(state, "edge", ok_t, txn("u", ok_t, 3.0)).status == "new"
+    assert store.process(kv, 0, b"u", "edge", ok_t, txn("u", ok_t, 3.0), dumps).status == "new"
 
 
-def test_serialization_round_trip_continues_identically():
+def test_a_render_failure_changes_nothing():
+    engine = FeatureEngine(FRAUD)
+    store, kv = FeatureStore(engine), DictKV()
+    store.process(kv, 0, b"u", "a", START, txn("u", START, 1.0), dumps)
+    before, arrivals = dict(kv), store.state(kv, 0, b"u").arrivals()
+
+    def refuse(features):
+        raise ValueError("too large")
+    with pytest.raises(ValueError):
+        store.process(kv, 0, b"u", "b", START + 1, txn("u", START + 1, 2.0), refuse)
+    assert dict(kv) == before and store.state(kv, 0, b"u").arrivals() == arrivals
+    assert store.process(kv, 0, b"u", "b", START + 1, txn("u", START + 1, 2.0), dumps).status == "new"
+
+
+def test_decoded_state_continues_identically():
+    """A state decoded from its records equals the in-memory one that never left the engine."""
     stream = make_stream(FRAUD, fraud_fields, seed=5, n=1500, entities=10, gap=120.0)
     engine = FeatureEngine(FRAUD)
     plain: dict = {}
-    stored: dict = {}
+    kv = DictKV()
+    store = FeatureStore(engine)
     rng = random.Random(0)
     for event_id, fields in stream:
-        entity, t = engine.entity_of(fields), engine.event_time(fields)
-        a = plain.setdefault(entity, engine.new_state())
-        data = stored.get(entity)
-        b = engine.load(data)
-        assert data is None or engine.dump(b) == data  # byte-exact round trip
+        entity, t = engine.entity_of(fields).encode(), engine.event_time(fields)
         if rng.random() < 0.5:
-            b = EntityState.from_bytes(b.to_bytes())
-        assert engine.apply(a, event_id, t, fields) == engine.apply(b, event_id, t, fields)
-        stored[entity] = engine.dump(b)
-        assert stored[entity] == a.to_bytes() and a == b
+            store.drop()  # the next call decodes the entity from its records
+        a = plain.setdefault(entity, engine.new_state())
+        assert store.state(kv, 0, entity) == a
+        if kv.get(state_key(entity, b"s", features._U64.pack(event_id_hash(event_id)))) is not None:
+            continue  # a duplicate (the engine alone does not know about duplicates)
+        got = store.process(kv, 0, entity, event_id, t, fields, dumps)
+        want = engine.apply(a, event_id, t, fields)
+        assert got.status == want.status
+        if got.status == "new":
+            assert loads(got.record) == want.features
 
 
-def test_state_of_other_features_or_corrupt_bytes_is_refused():
+def test_state_of_other_features_or_corrupt_records_is_refused():
     engine = FeatureEngine(FRAUD)
-    state = engine.new_state()
-    feed(engine, state, [("x", txn("u", START, 1.0))])
-    data = engine.dump(state)
-    with pytest.raises(StateFormatError):
-        FeatureEngine(custom_spec()).load(data)
-    for bad in (data[:-1], data + b"\0", b"PK" + data[2:], data[:10]):
+    store, kv = FeatureStore(engine), DictKV()
+    for i in range(features.CHUNK + 3):
+        store.process(kv, 0, b"u", f"x{i}", START + i, txn("u", START + i, 1.0), dumps)
+    head = kv[state_key(b"u", b"h")]
+    chunk_key = state_key(b"u", b"c", features._U64.pack(0))
+    assert engine.chunks_of(head) == range(0, 1) and chunk_key in kv
+
+    def decode(head_bytes, chunks=kv.get, eng=engine):
+        return eng.decode(head_bytes, lambda k: chunks(state_key(b"u", b"c", features._U64.pack(k))))
+    assert len(decode(head)) == features.CHUNK + 3
+    with pytest.raises(StateFormatError, match="different feature definitions"):
+        decode(head, eng=FeatureEngine(custom_spec()))
+    for bad in (head[:-1], head + b"\0", b"PK" + head[2:], head[:10]):
         with pytest.raises(StateFormatError):
-            engine.load(bad)
-    assert len(engine.load(None)) == 0 and len(engine.load(b"")) == 0
+            decode(bad)
+    with pytest.raises(StateFormatError, match="chunk 0 is missing"):
+        decode(head, chunks=lambda key: None)
+    with pytest.raises(StateFormatError):
+        decode(head, chunks=lambda key: kv[chunk_key][:-8])
 
 
-def test_memory_is_bounded_by_the_largest_window():
+class SizeKV(DictKV):
+    largest = 0
+
+    def set(self, key: bytes, value: bytes) -> None:
+        self.largest = max(self.largest, len(value))
+        self[key] = value
+
+
+def busy_entity(n: int, gap: float, seed: int = 3) -> list[tuple[str, dict]]:
+    """n events of one user, `gap` seconds apart, a fifth of them up to 200 s out of order."""
+    rng = random.Random(seed)
+    cats = FRAUD.event.fields["merchant_category"].values
+    return [(f"e{i}", txn("u", t, round(rng.lognormvariate(3, 1), 2), cat=cats[i % 7]))
+            for i in range(n)
+            for t in [START + i * gap - (rng.uniform(0, 200) if rng.random() < 0.2 else 0.0)]]
+
+
+def run_busy(events, hot: int) -> tuple[list[bytes], SizeKV, FeatureStore]:
     engine = FeatureEngine(FRAUD)
-    state = engine.new_state()
-    rng = random.Random(7)
-    span = 30 * 86400
-    times = sorted(START + rng.uniform(0, span) for _ in range(10_000))
-    horizon = engine.retention
-    assert horizon == 86400 + 300
-    peak = 0
-    for i, t in enumerate(times):
-        assert engine.apply(state, f"m{i}", t, txn("u", t, 1.0 + i % 7)).status == "new"
-        if i % 500 == 0 or i == len(times) - 1:
-            kept_window = sum(1 for x in times[:i + 1] if x >= t - horizon)
-            assert len(state) <= kept_window + 1  # + the newest older event, kept for `last`
-            peak = max(peak, len(state))
-    assert peak < 10_000 / 30 * 2  # ~333 events per day
-    assert len(state.to_bytes()) < 40 * peak + 100
-    # After a gap longer than every window, `last` and `time_since_last` still work.
-    t = times[-1] + 3 * 86400
-    f = engine.apply(state, "after-gap", t, txn("u", t, 2.0)).features
-    assert f["txn_count_1h"] == 0 and f["amount_mean_24h"] is None and f["amount_sum_1h"] == 0.0
-    assert f["last_amount"] == 1.0 + 9999 % 7 and f["secs_since_last"] == pytest.approx(3 * 86400)
-    assert len(state) <= 2
+    kv, store = SizeKV(), FeatureStore(engine)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(features, "HOT", hot)
+        out = [store.process(kv, 0, b"u", eid, engine.event_time(f), f, dumps) for eid, f in events]
+    assert all(p.status == "new" for p in out)
+    return [p.record for p in out], kv, store
 
 
-def test_arrival_numbers_survive_rebasing():
-    spec = custom_spec(definitions=NO_WINDOW_FEATURES)
-    engine = FeatureEngine(spec)
-    state = engine.new_state()
-    for i in range(70_000):  # more arrivals than a uint16 column holds
-        t = START + i
-        fields = {"account": "a", "qty": 1, "kind": "a", "price": float(i), "at": iso(t)}
-        engine.apply(state, f"r{i}", t, fields)
-    assert state.next_seq == 70_000 and state.arrivals()[-1] == 69_999
-    replay = engine.apply(state, "r69999", 0.0, {})
-    assert replay == Applied("duplicate", {"last_price": 69_998.0, "last_qty": 1, "since_last": 1.0})
-    assert EntityState.from_bytes(state.to_bytes()) == state
+def test_running_aggregates_equal_direct_evaluation_in_a_busy_window():
+    events = busy_entity(4000, 20.0)
+    direct, _, _ = run_busy(events, 10**9)
+    running, _, store = run_busy(events, features.HOT)
+    assert running == direct
+    assert loads(direct[-1])["amount_std_24h"] is not None
+
+
+def test_records_stay_small_and_few_however_many_events_a_window_holds():
+    """20,000 events inside one entity's 24 h window: no record written grows with them, and the
+    records of evicted events are deleted."""
+    records, kv, store = run_busy(busy_entity(20_000, 5.0), features.HOT)
+    assert kv.largest <= max(max(map(len, records)) + 16, 40 * features.CHUNK + 200)
+    state = store.state(kv, 0, b"u")
+    groups = store.engine._groups
+    assert all(run is not None for g, run in zip(groups, state.runs) if g.nums or g.dists)  # all incremental
+    # kept: 24 h 5 min at one event per 5 s; records: head + a chunk per 32 + one "seen" per event
+    assert 86_700 / 5 - 60 < len(state) < 86_700 / 5 + 60
+    assert len(kv) < len(state) * (1 + 1 / features.CHUNK) + 3 * features.CHUNK
+    assert 700 <= loads(records[-1])["txn_count_1h"] <= 760
 
 
 def test_types_are_json_ready():

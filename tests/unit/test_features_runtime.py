@@ -119,9 +119,10 @@ def test_batch_table_keeps_writes_in_memory_until_the_batch_is_stored():
     table.set(3, b"k", b"v2")  # the next batch writes the same key before the first is stored
     second = table.take_batch()
 
-    records = table.store(first)
+    records = table.changelog_records(first)
     assert [(r.topic, r.key, r.value, r.partition) for r in records] == [
         ("app-state-changelog", b"k", b"v1", 3), ("app-state-changelog", b"old", None, 3)]
+    table.store(first)
     assert db == {b"k": b"v1"}
     assert table.get(3, b"k") == b"v2"  # the later, unstored write still wins
 
@@ -130,13 +131,11 @@ def test_batch_table_keeps_writes_in_memory_until_the_batch_is_stored():
     assert table.take_batch() == {}
 
 
-def test_batch_table_resend_and_ordered_scan():
+def test_batch_table_ordered_scan_of_stored_entries():
     table = runtime.BatchTable(_Table())
     db = table.table.data._db_for_partition(0)
     db.update({b"a": b"1", b"\xfe\x01": b"", b"\xfe\x02": b""})
-    table.resend(0, b"a")  # a redelivery re-sends the stored value to the changelog
-    table.resend(0, b"missing")  # nothing stored: nothing to send
-    assert [(r.key, r.value) for r in table.store(table.take_batch())] == [(b"a", b"1")]
+    table.set(0, b"\xfe\x00", b"")  # unstored: not scanned
     assert [k for k, _ in table.items_from(0, b"\xfe")] == [b"\xfe\x01", b"\xfe\x02"]
 
 
@@ -202,3 +201,35 @@ async def test_changelog_records_of_successive_batches_go_out_together(monkeypat
     full = app._changelog(records(b"d", b"e"))  # a full flush goes out at once
     await asyncio.wait_for(full, runtime.CHANGELOG_LINGER_S / 2)
     assert producer.requests[1] == (changelog, 0, [(b"d", b"v"), (b"e", b"v")])
+
+
+async def test_a_batch_is_stored_locally_only_after_its_changelog_is_acknowledged(monkeypatch):
+    """The local store is never ahead of the changelog: after a kill -9, recovery replays the
+    changelog from the persisted offset over the local store, and an entity's records written by a
+    later, unacknowledged batch would otherwise mix with older ones (a head naming a deleted chunk)."""
+    app = runtime.App("runtime-test-order", broker="kafka://localhost:9", web_enabled=False)
+    producer = _Producer()
+    monkeypatch.setattr(runtime.App, "kafka_producer", property(lambda self: producer))
+    table = app.batch_table(_Table())
+    db = table.table.data._db_for_partition(0)
+    gate = asyncio.get_running_loop().create_future()
+    sent = []
+    real_changelog = app._changelog
+
+    def held_changelog(records):
+        sent.append(records)
+        flushed = real_changelog(records)
+        return asyncio.ensure_future(_after(gate, flushed))
+    monkeypatch.setattr(app, "_changelog", held_changelog)
+    table.set(0, b"k", b"v")
+    done = await app.send_all([runtime.OutRecord("out", b"k", b"x", None, 0)])
+    await asyncio.sleep(runtime.CHANGELOG_LINGER_S * 2)
+    assert sent and db == {} and not done.done()  # output acknowledged, changelog not yet: nothing stored
+    gate.set_result(None)
+    await asyncio.wait_for(done, 1)
+    assert db == {b"k": b"v"}
+
+
+async def _after(gate, fut):
+    await gate
+    return await fut
