@@ -444,11 +444,16 @@ class App(faust.App):
                     await previous_queued  # changelog records go out in batch order
                 flushed = self._changelog([rec for table, batch in changes for rec in table.changelog_records(batch)])
                 queued.set_result(None)
-                await flushed
+                metas = await flushed
                 if previous_stored is not None:
                     await previous_stored  # stores go in batch order
                 for table, batch in changes:
                     table.store(batch)
+                # Only now may a recovery start after this flush: from its first record (re-reading
+                # what is stored already), never past a record this worker has not stored.
+                tables = {table.changelog: table for table in self.batch_tables}
+                for meta in metas:
+                    tables[meta.topic].persisted(TP(meta.topic, meta.partition), meta.offset)
                 stored.set_result(None)
             except asyncio.CancelledError:
                 for fut in (queued, stored, done):
@@ -485,7 +490,6 @@ class App(faust.App):
 
     async def _produce_changelog(self, records: list[OutRecord], previous: asyncio.Future[Any] | None,
                                  queued: asyncio.Future[Any], flushed: asyncio.Future[Any]) -> None:
-        tables = {table.changelog: table for table in self.batch_tables}
         try:
             if previous is not None:
                 await previous  # flushes queue their record batches in order
@@ -495,9 +499,6 @@ class App(faust.App):
                 metas = await asyncio.wait_for(asyncio.gather(*sent), self.output_timeout_s)
             except asyncio.TimeoutError:
                 raise OutputStalled(f"changelog not acknowledged within {self.output_timeout_s:g}s") from None
-            for meta in metas:
-                # the batch's first offset: a recovery may re-read a few records it already has
-                tables[meta.topic].persisted(TP(meta.topic, meta.partition), meta.offset)
         except asyncio.CancelledError:
             for fut in (queued, flushed):
                 fut.cancel()
@@ -506,4 +507,4 @@ class App(faust.App):
                 if not fut.done():
                     fut.set_exception(exc)
         else:
-            flushed.set_result(None)
+            flushed.set_result(metas)
