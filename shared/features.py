@@ -262,7 +262,7 @@ class EntityState:
     aggregates, and what `FeatureStore` needs to persist it incrementally."""
 
     __slots__ = ("times", "seqs", "cols", "start", "next_seq", "max_t", "open", "chunks", "first_chunk",
-                 "runs", "run_from", "sealed", "dropped")
+                 "dropped_upto", "drop_epoch", "runs", "run_from", "sealed")
 
     def __init__(self, typecodes: str, ngroups: int) -> None:
         self.times = array("d")
@@ -274,14 +274,17 @@ class EntityState:
         # The open chunk: the accepted events since the last sealed chunk, in arrival order
         # (times, event id hashes, rows).
         self.open: tuple[array, array, list[array]] = (array("d"), array("Q"), [array(tc) for tc in typecodes])
-        self.chunks: deque[tuple[int, float, array]] = deque()  # live sealed chunks: (number, max t, id hashes)
+        self.chunks: deque[tuple[int, float]] = deque()  # live sealed chunks: (number, max event time)
         self.first_chunk = 0  # number of the oldest live sealed chunk
+        # Chunks [dropped_upto, first_chunk) have left the retention but their records are not deleted
+        # yet: that happens in a later batch than the head that stopped naming them (FeatureStore).
+        self.dropped_upto = 0
+        self.drop_epoch = -1  # FeatureStore.epoch when first_chunk last moved
         # Per window group: None (evaluated directly) or running aggregates: one _Running for a sliding
         # window (over the kept events with t > run_from[g]) or {bucket: _Running} for a tumbling one.
         self.runs: list[Any] = [None] * ngroups
         self.run_from = [_NEG_INF] * ngroups
         self.sealed: list[tuple[int, bytes]] = []  # chunks sealed since the last persist
-        self.dropped: list[tuple[int, array]] = []  # chunks dropped since the last persist
 
     def __len__(self) -> int:
         return len(self.times) - self.start
@@ -303,11 +306,12 @@ class EntityState:
 
 
 # Records. Head: magic, version, flags (bit0: has an anchor), layout, next arrival number, maxT,
-# first live chunk, open-chunk size; then the anchor (t, arrival, row) and the open chunk's columns
-# (times, id hashes, rows). Chunk: magic, version, layout, number, size; then its columns.
-_HEAD = struct.Struct("<2sBBIQdQI")
+# first live chunk, first chunk not yet deleted, open-chunk size; then the anchor (t, arrival, row)
+# and the open chunk's columns (times, id hashes, rows). Chunk: magic, version, layout, number,
+# size; then its columns.
+_HEAD = struct.Struct("<2sBBIQdQQI")
 _CHUNK = struct.Struct("<2sBxIQI")
-_VERSION = 1
+_VERSION = 2
 
 
 def _put(parts: list, arr: array) -> None:
@@ -696,7 +700,7 @@ class FeatureEngine:
         if len(o_times) == CHUNK:
             k = seq // CHUNK
             state.sealed.append((k, self._encode_chunk(k, state.open)))
-            state.chunks.append((k, max(o_times), o_ids))
+            state.chunks.append((k, max(o_times)))
             state.open = (array("d"), array("Q"), [array(tc) for tc in self._typecodes])
 
     def _advance(self, state: EntityState, t: float) -> None:
@@ -729,9 +733,7 @@ class FeatureEngine:
                     del col[:start]
                 state.start = 0
         while state.chunks and state.chunks[0][1] < horizon:
-            k, _, ids = state.chunks.popleft()
-            state.dropped.append((k, ids))
-            state.first_chunk = k + 1
+            state.first_chunk = state.chunks.popleft()[0] + 1
 
     # ------------------------------------------------------------------ records
 
@@ -748,7 +750,7 @@ class FeatureEngine:
         anchor = len(state.times) > s and state.times[s] < state.max_t - self.retention
         o_times, o_ids, o_cols = state.open
         parts = [_HEAD.pack(b"LH", _VERSION, int(anchor), self._layout, state.next_seq, state.max_t,
-                            state.first_chunk, len(o_times))]
+                            state.first_chunk, state.dropped_upto, len(o_times))]
         if anchor:
             _put(parts, state.times[s:s + 1])
             _put(parts, state.seqs[s:s + 1])
@@ -761,7 +763,7 @@ class FeatureEngine:
     def chunks_of(self, head: bytes) -> range:
         """Numbers of the sealed chunks a head record needs."""
         try:
-            _, _, _, _, next_seq, _, first_chunk, _ = _HEAD.unpack_from(head, 0)
+            _, _, _, _, next_seq, _, first_chunk, _, _ = _HEAD.unpack_from(head, 0)
         except struct.error:
             raise StateFormatError("entity state is truncated") from None
         return range(first_chunk, next_seq // CHUNK)
@@ -769,20 +771,21 @@ class FeatureEngine:
     def decode(self, head: bytes, chunks: Callable[[int], bytes | None]) -> EntityState:
         """The state from its head record and `chunks(number)` (the sealed chunk records)."""
         try:
-            magic, version, flags, layout, next_seq, max_t, first_chunk, n_open = _HEAD.unpack_from(head, 0)
+            magic, version, flags, layout, next_seq, max_t, first_chunk, dropped_upto, n_open = \
+                _HEAD.unpack_from(head, 0)
         except struct.error:
             raise StateFormatError("entity state is truncated") from None
         if magic != b"LH" or version != _VERSION:
             raise StateFormatError(f"not a version-{_VERSION} entity state")
         if layout != self._layout:
             raise StateFormatError("entity state was written for different feature definitions")
-        if n_open != next_seq % CHUNK or first_chunk > next_seq // CHUNK:
+        if n_open != next_seq % CHUNK or not dropped_upto <= first_chunk <= next_seq // CHUNK:
             raise StateFormatError("entity state counters are inconsistent")
         view = memoryview(head)
         pos = _HEAD.size
         tcs = self._typecodes
         state = self.new_state()
-        state.next_seq, state.max_t, state.first_chunk = next_seq, max_t, first_chunk
+        state.next_seq, state.max_t, state.first_chunk, state.dropped_upto = next_seq, max_t, first_chunk, dropped_upto
         anchor = None
         if flags & 1:
             values = []
@@ -805,8 +808,8 @@ class FeatureEngine:
             data = chunks(k)
             if data is None:
                 raise StateFormatError(f"entity state chunk {k} is missing")
-            c_times, c_ids, c_cols = self._decode_chunk(data, k)
-            state.chunks.append((k, max(c_times), c_ids))
+            c_times, _, c_cols = self._decode_chunk(data, k)
+            state.chunks.append((k, max(c_times)))
             parts.append((c_times, k * CHUNK, c_cols))
         parts.append((o_times, next_seq - n_open, o_cols))
         horizon = max_t - self.retention
@@ -888,7 +891,15 @@ class FeatureStore:
     "seen" record per kept event (key: its event id hash) holding its time, arrival number and the
     record emitted for it. A state is decoded on a cache miss and kept; every change is written
     through at once, so the store always holds the latest state and the cache can be dropped at
-    any time (e.g. on a partition revocation)."""
+    any time (e.g. on a partition revocation).
+
+    Crash safety. The store's writes reach a changelog in the order of each key's last write
+    (`BatchTable`), batch after batch, and a crash may cut that log anywhere. Every cut must leave
+    a readable state, so: per event, the seen record and any sealed chunk are written before the
+    head that counts them; a seen record counts only if its arrival number is below the head's (one
+    from a cut-off batch is ignored and overwritten when the event comes again); and a chunk that
+    left the retention is deleted (with its seen records) only in a later batch (`new_batch`) than
+    the head that stopped naming it."""
 
     def __init__(self, engine: FeatureEngine, *, cache_events: int = 2_000_000, cache_entities: int = 20_000):
         self.engine = engine
@@ -896,6 +907,11 @@ class FeatureStore:
         self._cache: OrderedDict[tuple[Any, bytes], EntityState] = OrderedDict()
         self._cached_events = 0  # sum of len(state) + 1 over the cache, as of the last touch
         self._sizes: dict[tuple[Any, bytes], int] = {}
+        self.epoch = 0  # the current batch (see new_batch)
+
+    def new_batch(self) -> None:
+        """Mark the start of a batch: writes after this reach the changelog after those before it."""
+        self.epoch += 1
 
     def state(self, kv: KV, scope: Any, entity: bytes) -> EntityState:
         """The entity's state (decoded from `kv` on a cache miss). `scope` names the store (e.g. the
@@ -910,6 +926,7 @@ class FeatureStore:
             state = self.engine.new_state()
         else:
             state = self.engine.decode(head, lambda k: kv.get(state_key(entity, CHUNK_KIND, _U64.pack(k))))
+            state.drop_epoch = self.epoch  # the head may be this batch's: delete nothing before the next
         self._cache[key] = state
         self._account(key, state)
         return state
@@ -943,29 +960,42 @@ class FeatureStore:
         seen = kv.get(seen_key)
         if seen is not None:
             seen_t, seq = _SEEN.unpack_from(seen, 0)
-            if seen_t >= state.max_t - engine.retention:
+            if seq < state.next_seq and seen_t >= state.max_t - engine.retention:
                 return Processed("duplicate", seen[_SEEN.size:])
         if engine.is_late(state, t):
             return Processed("late", None, state.max_t - t)
         row = engine.row(fields)
         record = render(engine.query(state, t, row))
+        if state.dropped_upto < state.first_chunk and state.drop_epoch < self.epoch:
+            self._delete_dropped(kv, entity, state)
         seq = state.next_seq
+        first_chunk = state.first_chunk
         engine.insert(state, id_hash, t, row)
+        if state.first_chunk != first_chunk:
+            state.drop_epoch = self.epoch
         kv.set(seen_key, _SEEN.pack(t, seq) + record)
         for k, data in state.sealed:
             kv.set(state_key(entity, CHUNK_KIND, _U64.pack(k)), data)
-        for k, ids in state.dropped:
-            kv.delete(state_key(entity, CHUNK_KIND, _U64.pack(k)))
-            for h in ids:
-                key = state_key(entity, SEEN, _U64.pack(h))
-                # unless the id came again later as a new event (after its first time was evicted)
-                if (data := kv.get(key)) is not None and _SEEN.unpack_from(data, 0)[1] // CHUNK == k:
-                    kv.delete(key)
         state.sealed.clear()
-        state.dropped.clear()
         kv.set(state_key(entity, HEAD), engine.encode_head(state))
         self._account((scope, entity), state)
         return Processed("new", record)
+
+    def _delete_dropped(self, kv: KV, entity: bytes, state: EntityState) -> None:
+        """Delete the records of the chunks that left the retention (seen records first, then the
+        chunk: a crash in between leaves a chunk to delete again, never a seen record without it)."""
+        for k in range(state.dropped_upto, state.first_chunk):
+            chunk_key = state_key(entity, CHUNK_KIND, _U64.pack(k))
+            data = kv.get(chunk_key)
+            if data is None:
+                continue
+            for h in self.engine._decode_chunk(data, k)[1]:
+                key = state_key(entity, SEEN, _U64.pack(h))
+                # unless the id came again later as a new event (after its first time was evicted)
+                if (seen := kv.get(key)) is not None and _SEEN.unpack_from(seen, 0)[1] // CHUNK == k:
+                    kv.delete(key)
+            kv.delete(chunk_key)
+        state.dropped_upto = state.first_chunk
 
     def snapshot(self, kv: KV, scope: Any, entity: bytes, t: float, fields: dict[str, Any]) -> Features:
         """Request-time features (serving), without changing anything."""

@@ -133,6 +133,7 @@ def create_app(settings: FeaturesSettings | None = None) -> faust.App:
         out: list[OutRecord] = []
         ingested: list[str] = []
         now = time.time()
+        store.new_batch()
         for tp, messages in batch.items():
             p = tp.partition
             view = state_views[p]

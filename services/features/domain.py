@@ -292,18 +292,25 @@ class JoinTable:
         on = self.joiner.on_label if kind == "label" else self.joiner.on_snapshot
         res = on(entry, record, src, now)
         if res.entry is not None:
-            view.set(key, encode_entry(res.entry))
-            self._reindex(view, key, entry, res.entry)
+            self._replace(view, key, entry, res.entry)
         return res
 
-    def _reindex(self, view: JoinView, key: bytes, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
-        for index, before, after in zip((LABEL_CLOCK, WORKER_CLOCK), self.joiner.expiries(old),
-                                        self.joiner.expiries(new)):
-            if before != after:
-                if before is not None:
-                    view.delete(expiry_key(index, before, key))
-                if after is not None:
-                    view.set(expiry_key(index, after, key), b"")
+    def _replace(self, view: JoinView, key: bytes, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        """Write an entry (None: delete it) and its index keys, in an order whose every prefix is
+        harmless after a crash: new index keys, the entry, then the old index keys go. (An index key
+        whose entry says otherwise is stale; `sweep` drops it.)"""
+        changes = [(index, before, after) for index, before, after in zip(
+            (LABEL_CLOCK, WORKER_CLOCK), self.joiner.expiries(old), self.joiner.expiries(new)) if before != after]
+        for index, _, after in changes:
+            if after is not None:
+                view.set(expiry_key(index, after, key), b"")
+        if new is not None:
+            view.set(key, encode_entry(new))
+        else:
+            view.delete(key)
+        for index, before, _ in changes:
+            if before is not None:
+                view.delete(expiry_key(index, before, key))
 
     def sweep(self, view: JoinView, label_now: float, wall_now: float) -> list[Expired]:
         """Remove the entries whose expiry on either clock has passed; return them."""
@@ -323,7 +330,6 @@ class JoinTable:
                     view.delete(index_key)  # stale: the entry changed or went since this key was stored
                     continue
                 kind, record, reason = self.joiner.expired(entry)
-                self._reindex(view, key, entry, None)
-                view.delete(key)
+                self._replace(view, key, entry, None)
                 out.append(Expired(kind, record, reason, key, entry.get("src") or ["", -1, -1]))
         return out

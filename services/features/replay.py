@@ -1,10 +1,17 @@
 """Replay: re-read a time or offset range of a topic, or a Parquet/CSV/NDJSON file, and feed it
-through the pipeline again (into the `events` topic).
+through the pipeline again (into the `events` topic, or with --labels into `labels`).
 
     python -m services.features.replay --topic events --start 2026-01-01T00:00Z --end 2026-01-02T00:00Z
     python -m services.features.replay --topic events.dlq --from-offset 0 --to-offset 500
     python -m services.features.replay --file var/offline/events        (a Parquet dataset folder)
     python -m services.features.replay --file history.csv --dry-run
+    python -m services.features.replay --labels --file outcomes.ndjson
+        (one label per line: {"event_id": "...", "value": true, "observed_at": "2026-01-01T10:42:00Z"})
+
+Labels: `observed_at` (when the outcome became known) decides whether a label is within the spec's
+label.max_delay of its event. A label without it counts as observed now, which is right for live
+traffic and wrong for history: a backfill of old labels without observed_at is dead-lettered as late.
+So every label replayed from a file must carry its observed_at; one without it is refused here.
 
 Every record is validated against the spec again; an event keeps its event_id (raw records without
 one get the id derived from where they were read), so the feature service dedups what it has seen.
@@ -68,6 +75,19 @@ class Progress:
             bar = f"{self.done}"
         self.out.write(f"replay {bar} {rate:,.0f}/s, {self.bad} invalid{end}")
         self.out.flush()
+
+
+def to_label(validator: EventValidator, src: Source, now: datetime) -> dict[str, Any]:
+    """A `Label` record (dict) for a replayed label: a LabelIn, or a Label record from `labels`."""
+    value = src.value
+    if isinstance(value, dict) and value.get("type") == "label" and "target_event_id" in value:
+        value = {"event_id": value["target_event_id"], "value": value["value"],
+                 "observed_at": value["occurred_at"], "entity": value.get("entity")}
+    if isinstance(value, dict) and not value.get("observed_at"):
+        raise ValidationFailed([{"field": "observed_at", "code": "missing", "reason": (
+            "a replayed label needs observed_at: without it the label counts as observed now and is "
+            "dead-lettered as late when its event is older than the spec's label.max_delay")}])
+    return validator.label(value, source="replay", now=now)
 
 
 def to_event(validator: EventValidator, src: Source, now: datetime) -> dict[str, Any]:
@@ -171,7 +191,9 @@ async def replay(args: argparse.Namespace, settings: ServiceSettings) -> int:
     spec = load_spec(settings.spec_path)
     validator = EventValidator(spec)
     topics = Topics(settings.topic_prefix)
-    target = topics["events"]
+    target = topics["labels" if args.labels else "events"]
+    convert = to_label if args.labels else to_event
+    kind = "labels" if args.labels else "events"
     producer = None if args.dry_run else make_producer(settings.kafka)
     if producer is not None:
         await producer.start()
@@ -182,14 +204,15 @@ async def replay(args: argparse.Namespace, settings: ServiceSettings) -> int:
 
     async def handle(src: Source) -> None:
         try:
-            record = to_event(validator, src, now)
+            record = convert(validator, src, now)
         except ValidationFailed as exc:
             progress.step(False)  # type: ignore[union-attr]
             if len(errors) < 20:
                 errors.append(f"{src.origin}: {exc}")
             return
         if producer is not None:
-            pending.append(await producer.send(target, dumps(record), key=validator.kafka_key(record)))
+            key = record["target_event_id"].encode() if args.labels else validator.kafka_key(record)
+            pending.append(await producer.send(target, dumps(record), key=key))
         progress.step(True)  # type: ignore[union-attr]
 
     try:
@@ -221,7 +244,7 @@ async def replay(args: argparse.Namespace, settings: ServiceSettings) -> int:
     for line in errors:
         print(f"invalid: {line}", file=sys.stderr)
     verb = "would replay" if args.dry_run else f"replayed into {target}:"
-    print(f"{verb} {progress.done - progress.bad} events; {progress.bad} invalid")
+    print(f"{verb} {progress.done - progress.bad} {kind}; {progress.bad} invalid")
     return 0
 
 
@@ -235,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-offset", type=int, help="first offset, per partition")
     parser.add_argument("--to-offset", type=int, help="last offset (inclusive), per partition")
     parser.add_argument("--dry-run", action="store_true", help="validate and count, produce nothing")
+    parser.add_argument("--labels", action="store_true",
+                        help="replay labels into `labels` (each needs observed_at: it decides lateness)")
     args = parser.parse_args(argv)
     if args.file and any(v is not None for v in (args.start, args.end, args.from_offset, args.to_offset)):
         parser.error("--start/--end/--from-offset/--to-offset go with --topic")

@@ -313,6 +313,10 @@ class BatchTable:
 
     def _write(self, partition: int, key: bytes, value: bytes | None) -> None:
         self._writes += 1
+        # A key written again moves to the end: changelog records go out in the order of each key's
+        # last write, so a changelog cut short by a crash (a prefix of a partition's records) holds
+        # what the handler wrote before, as it wrote it (e.g. an entity's records before its head).
+        self._batch.pop((partition, key), None)
         self._unstored[(partition, key)] = self._batch[(partition, key)] = (self._writes, value)
 
     def set(self, partition: int, key: bytes, value: bytes) -> None:

@@ -48,3 +48,17 @@ async def test_replay_a_file_then_a_topic_range(kafka, topics, service_env, tmp_
     after = await read_topic(kafka, topics["events"], expect=20 + replayed)
     ids = [loads(r.value)["event_id"] for r in after]
     assert len(ids) == 20 + replayed and set(ids) == {f"r-{i}" for i in range(20)}  # same ids: dedup downstream
+
+
+async def test_replay_labels_keeps_observed_at_and_refuses_labels_without_it(kafka, topics, service_env, tmp_path):
+    path = tmp_path / "outcomes.ndjson"
+    rows = [{"event_id": f"r-{i}", "value": i % 2 == 0, "observed_at": f"2026-02-03T10:00:{i:02d}Z"} for i in range(5)]
+    rows.append({"event_id": "r-9", "value": True})  # no observed_at: would count as observed now
+    path.write_bytes(b"\n".join(dumps(r) for r in rows) + b"\n")
+    done = replay(service_env, "--labels", "--file", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "5 labels; 1 invalid" in done.stdout and "needs observed_at" in done.stderr
+    records = await read_topic(kafka, topics["labels"], expect=5)
+    labels = {loads(r.value)["target_event_id"]: loads(r.value) for r in records}
+    assert set(labels) == {f"r-{i}" for i in range(5)} and {r.key for r in records} == {f"r-{i}".encode() for i in range(5)}
+    assert labels["r-3"]["occurred_at"] == "2026-02-03T10:00:03Z" and labels["r-3"]["value"] is False

@@ -235,3 +235,15 @@ async def test_a_batch_is_stored_locally_only_after_its_changelog_is_acknowledge
 async def _after(gate, fut):
     await gate
     return await fut
+
+
+def test_changelog_records_follow_each_keys_last_write():
+    """A crash may cut a changelog flush short: what is written must be a prefix of what the handler
+    wrote, in its order (an entity's head after the records it names), so a rewritten key moves last."""
+    table = runtime.BatchTable(_Table())
+    table.set(0, b"head", b"1")
+    table.set(0, b"seen", b"x")
+    table.set(0, b"head", b"2")
+    table.delete(0, b"old")
+    assert [(r.key, r.value) for r in table.changelog_records(table.take_batch())] == [
+        (b"seen", b"x"), (b"head", b"2"), (b"old", None)]
