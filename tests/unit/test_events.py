@@ -91,3 +91,12 @@ def test_every_topic_used_in_code_is_in_the_catalogue():
         used |= set(re.findall(r'topics\["([^"]+)"\]', path.read_text()))
     assert used, "no topic references found"
     assert used <= set(CATALOGUE), used - set(CATALOGUE)
+
+
+def test_topic_prefix_gets_a_separator():
+    assert Topics("acme")["events"] == "acme.events"
+    assert Topics("acme").group("ingest") == "acme.loopline.ingest.main"
+    assert Topics("acme").spec_of("acme.events") is CATALOGUE["events"]
+    for prefix in ("t1234abcd.", "acme-", "acme_", ""):
+        assert Topics(prefix)["events"] == prefix + "events"
+        assert Topics(prefix).group("ingest", "raw") == prefix + "loopline.ingest.raw"
