@@ -8,6 +8,10 @@ class LooplineError(Exception):
 class SpecError(LooplineError):
     """The pipeline spec is invalid; the message names the YAML path and the reason."""
 
+    def __init__(self, message: str, errors: list[str] | None = None):
+        super().__init__(message)
+        self.errors = errors or []  # one 'path (line N): reason' per problem, when the spec was parsed
+
 
 class ValidationFailed(LooplineError):
     """An input record does not satisfy its schema (goes to a 4xx or the dead-letter topic)."""

@@ -6,6 +6,7 @@ Every record a Loopline service produces is one of the models below, serialized 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import uuid
 from datetime import datetime
@@ -31,7 +32,7 @@ from pydantic_core import PydanticCustomError
 
 from shared.errors import ValidationFailed
 from shared.serialization import dumps, to_utc
-from shared.spec import FieldSpec, LabelSpec, PipelineSpec
+from shared.spec import FieldSpec, LabelSpec, PipelineSpec, number_text, reads_as_number
 
 SCHEMA_VERSION = 1
 # Without an entity every event belongs to one global stream; one key keeps it in one
@@ -244,6 +245,14 @@ def _number_only(value: Any) -> Any:
     return value
 
 
+def _number_as_text(value: Any) -> Any:
+    # A category value written 1 in the spec is the text '1'; an event may send 1, 1.0 or "1".
+    # (type() rather than isinstance: True is an int but never a category value.)
+    if type(value) is int or (type(value) is float and math.isfinite(value)):
+        return number_text(value)
+    return value
+
+
 def _annotation(spec: FieldSpec) -> Any:
     bounds = {"ge": spec.min, "le": spec.max}
     match spec.type:
@@ -256,7 +265,11 @@ def _annotation(spec: FieldSpec) -> Any:
         case "bool":
             return StrictBool
         case "category":
-            return Literal[tuple(spec.values)]  # type: ignore[misc]
+            allowed = Literal[tuple(spec.values)]  # type: ignore[misc]
+            # Only values that read as numbers can match a number; other specs skip the extra call per event.
+            if any(reads_as_number(v) for v in spec.values or ()):
+                return Annotated[allowed, BeforeValidator(_number_as_text)]
+            return allowed
         case "timestamp":
             return Annotated[datetime, AfterValidator(to_utc)]
 
@@ -348,10 +361,14 @@ class EventValidator:
                 return value
             if isinstance(value, int) and value in (0, 1):
                 return bool(value)
-            bad = "a binary label must be true/false or 0/1"
+            if spec.classes and isinstance(value, str) and value in spec.classes:
+                return value == spec.classes[1]  # the second class is the positive one
+            named = f", 0/1 or one of {spec.classes}" if spec.classes else " or 0/1"
+            bad = f"a binary label must be true/false{named}"
         elif spec.type == "multiclass":
-            if isinstance(value, str) and value in (spec.classes or []):
-                return value
+            text = _number_as_text(value)
+            if isinstance(text, str) and text in (spec.classes or []):
+                return text
             bad = f"a multiclass label must be one of {spec.classes}"
         else:
             if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -65,7 +65,8 @@ class ServiceSettings(BaseSettings):
     topic_prefix: str = Field(
         "",
         validation_alias="LOOPLINE_TOPIC_PREFIX",
-        description="Prepended to every topic and consumer group name (isolates tests and tenants)",
+        description="Prepended to every topic and consumer group name (isolates tests and tenants); "
+        "'.' is added unless it ends in '.', '-' or '_' (acme -> acme.events)",
     )
     log_level: str = Field("INFO", validation_alias="LOOPLINE_LOG_LEVEL")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)

@@ -1,10 +1,14 @@
 """The pipeline spec (lifecycle stage 1): one YAML file that describes the ML problem.
 
-`load_spec(path)` validates it and reports each error with its YAML path, line and reason.
+`load_spec(path)` validates it and reports every error at once, each with its YAML path, line
+and reason; `python -m shared.spec check FILE...` does the same from the shell.
 """
 from __future__ import annotations
 
+import argparse
+import functools
 import hashlib
+import math
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -18,9 +22,11 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
+    TypeAdapter,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from shared.errors import SpecError
 
@@ -47,6 +53,62 @@ def _format_duration(value: timedelta) -> str:
 Duration = Annotated[timedelta, BeforeValidator(parse_duration), PlainSerializer(_format_duration)]
 Name = Annotated[str, Field(pattern=_NAME)]
 
+# PyYAML (YAML 1.1) reads unquoted yes/no/on/off/true/false, in any case, as booleans: `NO` (Norway)
+# in a country list arrives as False. Errors about such a value name the rule.
+BOOL_HINT = "YAML reads unquoted yes/no/on/off/true/false as booleans: quote it"
+
+
+def number_text(value: int | float) -> str:
+    """The canonical text of a number used as a category value or class: 1, 1.0 -> '1'; 2.5 -> '2.5'."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("a category value must be a finite number or a text")
+        if value.is_integer():
+            return str(int(value))
+        return repr(value)
+    return str(value)
+
+
+def reads_as_number(text: str) -> bool:
+    """Whether a number sent in an event can match this value (it is some number's canonical text)."""
+    for parse in (int, float):
+        try:
+            if number_text(parse(text)) == text:
+                return True
+        except (ValueError, OverflowError):
+            pass
+    return False
+
+
+def _value_text(value: Any) -> Any:
+    # Category values and classes are text; YAML makes `[0, 1, 2]` numbers, and events may send
+    # numbers too, so both sides compare canonical text.
+    if isinstance(value, bool):
+        raise PydanticCustomError("yaml_bool", BOOL_HINT)
+    if isinstance(value, (int, float)):
+        return number_text(value)
+    return value
+
+
+ValueText = Annotated[str, BeforeValidator(_value_text)]
+
+
+def _duplicates(items: list[str]) -> list[str]:
+    return sorted({v for v in items if items.count(v) > 1})
+
+
+class _Problems(ValueError):
+    """Several problems, each at a location relative to where the validator runs."""
+
+    def __init__(self, problems: list[tuple[tuple, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{_yaml_path(loc)}: {why}" if loc else why for loc, why in problems))
+
+
+def _raise_any(problems: list[tuple[tuple, str]]) -> None:
+    if problems:
+        raise _Problems(problems)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -63,26 +125,30 @@ class FieldSpec(_Strict):
     type: FieldType
     required: bool = True
     description: str = ""
-    values: list[str] | None = Field(None, description="Allowed values of a category field")
+    values: list[ValueText] | None = Field(
+        None, description="Allowed values of a category field; numbers are kept as text (1 -> '1')"
+    )
     min: float | None = Field(None, description="Smallest allowed value of a numeric field")
     max: float | None = Field(None, description="Largest allowed value of a numeric field")
     max_length: int | None = Field(None, ge=1, description="Longest allowed string")
 
     @model_validator(mode="after")
     def _consistent(self) -> FieldSpec:
+        problems: list[tuple[tuple, str]] = []
         if self.type == "category":
             if not self.values:
-                raise ValueError("a category field needs a non-empty 'values' list")
-            if len(set(self.values)) != len(self.values):
-                raise ValueError("'values' has duplicates")
+                problems.append(((), "a category field needs a non-empty 'values' list"))
+            elif dupes := _duplicates(self.values):
+                problems.append(((), f"'values' has duplicates (numbers count as their text): {dupes}"))
         elif self.values is not None:
-            raise ValueError("'values' is only for category fields")
+            problems.append(((), "'values' is only for category fields"))
         if (self.min is not None or self.max is not None) and self.type not in ("int", "float"):
-            raise ValueError("'min'/'max' are only for int and float fields")
+            problems.append(((), "'min'/'max' are only for int and float fields"))
         if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError("'min' is greater than 'max'")
+            problems.append(((), "'min' is greater than 'max'"))
         if self.max_length is not None and self.type != "string":
-            raise ValueError("'max_length' is only for string fields")
+            problems.append(((), "'max_length' is only for string fields"))
+        _raise_any(problems)
         return self
 
     @property
@@ -103,14 +169,16 @@ class EventSchema(_Strict):
 
     @model_validator(mode="after")
     def _time_field(self) -> EventSchema:
-        reserved = RESERVED_FIELDS & set(self.fields)
-        if reserved:
-            raise ValueError(f"field names {sorted(reserved)} are reserved by the event envelope")
+        problems: list[tuple[tuple, str]] = []
+        for name in sorted(RESERVED_FIELDS & set(self.fields)):
+            problems.append((("fields", name), f"field name '{name}' is reserved by the event envelope"))
         spec = self.fields.get(self.time_field)
         if spec is None:
-            raise ValueError(f"time_field '{self.time_field}' is not one of the fields")
-        if spec.type != "timestamp" or not spec.required:
-            raise ValueError(f"time_field '{self.time_field}' must be a required timestamp field")
+            problems.append((("time_field",), f"time_field '{self.time_field}' is not one of the fields"))
+        elif spec.type != "timestamp" or not spec.required:
+            reason = f"time_field '{self.time_field}' must be a required timestamp field"
+            problems.append((("time_field",), reason))
+        _raise_any(problems)
         return self
 
 
@@ -122,22 +190,40 @@ class EntitySpec(_Strict):
 
 # ---------------------------------------------------------------- label
 
+# A binary label's value is a bool; these class names would contradict true/false and 0/1.
+_BOOL_WORDS = frozenset({"0", "1", "true", "false"})
+
+
 class LabelSpec(_Strict):
     """The outcome to predict; it arrives later than the event, at most max_delay later."""
 
     name: Name
     type: Literal["binary", "multiclass", "regression"]
-    classes: list[str] | None = Field(None, description="Class names of a multiclass label")
+    classes: list[ValueText] | None = Field(
+        None,
+        description="Class names: at least 3 for a multiclass label; optionally 2 for a binary label "
+        "(negative first, positive second, e.g. [declined, approved]); numbers are kept as text",
+    )
     max_delay: Duration = Field(description="Longest wait for a label after its event")
 
     @model_validator(mode="after")
     def _classes(self) -> LabelSpec:
-        if self.type == "multiclass" and (not self.classes or len(self.classes) < 3):
-            raise ValueError("a multiclass label needs 'classes' with at least 3 names")
-        if self.type != "multiclass" and self.classes is not None:
-            raise ValueError("'classes' is only for multiclass labels")
+        problems: list[tuple[tuple, str]] = []
+        classes, at = self.classes, ("classes",)
+        if self.type == "multiclass" and (not classes or len(classes) < 3):
+            problems.append((at, "a multiclass label needs 'classes' with at least 3 names"))
+        if self.type == "binary" and classes is not None:
+            if len(classes) != 2:
+                problems.append((at, "a binary label takes exactly 2 'classes' (negative, positive) or none"))
+            elif bad := [c for c in classes if c.lower() in _BOOL_WORDS]:
+                problems.append((at, f"binary classes {bad} already mean false/true; leave 'classes' out"))
+        if self.type == "regression" and classes is not None:
+            problems.append((at, "'classes' is not for regression labels"))
+        if classes and (dupes := _duplicates(classes)):
+            problems.append((at, f"'classes' has duplicates (numbers count as their text): {dupes}"))
         if self.max_delay <= timedelta(0):
-            raise ValueError("max_delay must be positive")
+            problems.append((("max_delay",), "max_delay must be positive"))
+        _raise_any(problems)
         return self
 
 
@@ -148,6 +234,7 @@ Aggregation = Literal[
 ]
 WINDOWED = frozenset({"count", "sum", "mean", "std", "min", "max", "distinct", "ratio_to_mean"})
 NUMERIC_AGGS = frozenset({"sum", "mean", "std", "min", "max", "ratio_to_mean"})
+BOOL_AGGS = frozenset({"sum", "mean"})  # of a bool field: how many were true, and the share that was
 
 
 class FeatureSpec(_Strict):
@@ -161,17 +248,19 @@ class FeatureSpec(_Strict):
 
     @model_validator(mode="after")
     def _shape(self) -> FeatureSpec:
+        problems: list[tuple[tuple, str]] = []
         needs_field = self.agg not in ("count", "time_since_last")
         if needs_field and self.field is None:
-            raise ValueError(f"'{self.agg}' needs a 'field'")
+            problems.append(((), f"'{self.agg}' needs a 'field'"))
         if not needs_field and self.field is not None:
-            raise ValueError(f"'{self.agg}' takes no 'field'")
+            problems.append(((), f"'{self.agg}' takes no 'field'"))
         if self.agg in WINDOWED and self.window is None:
-            raise ValueError(f"'{self.agg}' needs a 'window'")
+            problems.append(((), f"'{self.agg}' needs a 'window'"))
         if self.agg not in WINDOWED and self.window is not None:
-            raise ValueError(f"'{self.agg}' takes no 'window'")
+            problems.append(((), f"'{self.agg}' takes no 'window'"))
         if self.window is not None and self.window <= timedelta(0):
-            raise ValueError("window must be positive")
+            problems.append(((), "window must be positive"))
+        _raise_any(problems)
         return self
 
 
@@ -193,20 +282,33 @@ class FeaturesSpec(_Strict):
 
 # ---------------------------------------------------------------- models, training, metrics
 
-ALGORITHMS: dict[str, dict[str, set[str]]] = {
+_CLASSIFY = ("binary", "multiclass")
+# library -> algorithm -> {label type it fits: the class it maps to}. The keys of the inner dict are
+# the label types; the dotted names are what the trainer instantiates (never a name from the spec).
+ALGORITHMS: dict[str, dict[str, dict[str, str]]] = {
     "river": {
-        "logistic_regression": {"binary"},
-        "hoeffding_tree": {"binary", "multiclass"},
-        "adaptive_random_forest": {"binary", "multiclass"},
-        "naive_bayes": {"binary", "multiclass"},
-        "linear_regression": {"regression"},
-        "hoeffding_tree_regressor": {"regression"},
+        "logistic_regression": {"binary": "river.linear_model.LogisticRegression"},
+        "hoeffding_tree": dict.fromkeys(_CLASSIFY, "river.tree.HoeffdingTreeClassifier"),
+        # Drift-adaptive: they replace a branch or a tree member when its error stream drifts.
+        "adaptive_hoeffding_tree": dict.fromkeys(_CLASSIFY, "river.tree.HoeffdingAdaptiveTreeClassifier"),
+        "adaptive_random_forest": dict.fromkeys(_CLASSIFY, "river.forest.ARFClassifier"),
+        "naive_bayes": dict.fromkeys(_CLASSIFY, "river.naive_bayes.GaussianNB"),
+        "linear_regression": {"regression": "river.linear_model.LinearRegression"},
+        "hoeffding_tree_regressor": {"regression": "river.tree.HoeffdingTreeRegressor"},
+        "adaptive_hoeffding_tree_regressor": {"regression": "river.tree.HoeffdingAdaptiveTreeRegressor"},
+        "adaptive_random_forest_regressor": {"regression": "river.forest.ARFRegressor"},
     },
     "sklearn": {
-        "logistic_regression": {"binary", "multiclass"},
-        "random_forest": {"binary", "multiclass", "regression"},
-        "hist_gradient_boosting": {"binary", "multiclass", "regression"},
-        "ridge": {"regression"},
+        "logistic_regression": dict.fromkeys(_CLASSIFY, "sklearn.linear_model.LogisticRegression"),
+        "random_forest": {
+            **dict.fromkeys(_CLASSIFY, "sklearn.ensemble.RandomForestClassifier"),
+            "regression": "sklearn.ensemble.RandomForestRegressor",
+        },
+        "hist_gradient_boosting": {
+            **dict.fromkeys(_CLASSIFY, "sklearn.ensemble.HistGradientBoostingClassifier"),
+            "regression": "sklearn.ensemble.HistGradientBoostingRegressor",
+        },
+        "ridge": {"regression": "sklearn.linear_model.Ridge"},
     },
 }
 
@@ -223,6 +325,12 @@ METRICS: dict[str, tuple[set[str], bool]] = {
     "mae": ({"regression"}, False),
     "rmse": ({"regression"}, False),
     "r2": ({"regression"}, True),
+}
+# Values a metric can take; a `minimum` outside them is a mistake (e.g. a negative bound for a loss).
+METRIC_RANGE: dict[str, tuple[float, float]] = {
+    **dict.fromkeys(("roc_auc", "pr_auc", "accuracy", "f1", "precision", "recall", "macro_f1"), (0.0, 1.0)),
+    **dict.fromkeys(("log_loss", "mae", "rmse"), (0.0, math.inf)),
+    "r2": (-math.inf, 1.0),
 }
 
 
@@ -261,7 +369,12 @@ class MetricsSpec(_Strict):
     """Primary metric gates promotion: a challenger must reach `minimum` and beat the champion by `margin`."""
 
     primary: str
-    minimum: float | None = None
+    minimum: float | None = Field(
+        None,
+        description="Bound a challenger's primary metric must reach: the lowest acceptable value where "
+        "higher is better (roc_auc, accuracy, r2, ...), and an upper bound, the highest acceptable value, "
+        "for a loss where lower is better (log_loss, mae, rmse)",
+    )
     margin: float = Field(0.0, ge=0)
     report: list[str] = Field(default_factory=list)
 
@@ -308,46 +421,7 @@ class PipelineSpec(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> PipelineSpec:
-        fields = self.event.fields
-        if self.entity is not None:
-            key = fields.get(self.entity.key)
-            if key is None:
-                raise _at(("entity", "key"), f"'{self.entity.key}' is not an event field")
-            if key.type not in ("string", "int", "category") or not key.required:
-                raise _at(("entity", "key"), "the entity key must be a required string, int or category field")
-        if self.label.name in fields:
-            raise _at(("label", "name"), f"'{self.label.name}' is also an event field; labels arrive separately")
-        for i, feat in enumerate(self.features.definitions):
-            where = ("features", "definitions", i)
-            if feat.name in fields:
-                raise _at((*where, "name"), f"'{feat.name}' clashes with an event field")
-            if feat.field is not None:
-                src = fields.get(feat.field)
-                if src is None:
-                    raise _at((*where, "field"), f"'{feat.field}' is not an event field")
-                if feat.agg in NUMERIC_AGGS and not src.numeric:
-                    raise _at((*where, "field"), f"'{feat.agg}' needs a numeric field; '{feat.field}' is {src.type}")
-                if feat.agg == "last" and src.type == "string":
-                    raise _at((*where, "field"), "'last' of a string field is not a number; use a category field")
-                if feat.agg == "distinct" and src.type not in ("string", "category", "int", "bool"):
-                    raise _at((*where, "field"), f"'distinct' needs a discrete field; '{feat.field}' is {src.type}")
-        for i, model in enumerate(self.models):
-            if self.label.type not in ALGORITHMS[model.library][model.algorithm]:
-                raise _at(("models", i, "algorithm"), f"'{model.algorithm}' does not fit a {self.label.type} label")
-        names = [m.name for m in self.models]
-        if len(set(names)) != len(names):
-            raise _at(("models",), "model names must be unique")
-        for path, metric in [(("metrics", "primary"), self.metrics.primary)] + [
-            (("metrics", "report", i), m) for i, m in enumerate(self.metrics.report)
-        ]:
-            if metric not in METRICS:
-                raise _at(path, f"unknown metric '{metric}'; one of {sorted(METRICS)}")
-            if self.label.type not in METRICS[metric][0]:
-                raise _at(path, f"'{metric}' does not apply to a {self.label.type} label")
-        for i, seg in enumerate(self.monitoring.segments):
-            src = fields.get(seg)
-            if src is None or src.type not in ("category", "bool"):
-                raise _at(("monitoring", "segments", i), f"'{seg}' must be a category or bool event field")
+        _raise_any(cross_problems(dict(self)))
         return self
 
     @property
@@ -360,14 +434,71 @@ class PipelineSpec(_Strict):
         return hashlib.sha256(payload).hexdigest()[:16]
 
 
-class _LocatedError(ValueError):
-    def __init__(self, loc: tuple, reason: str):
-        self.loc = loc
-        super().__init__(reason)
+def _agg_misfit(feat: FeatureSpec, src: FieldSpec) -> str | None:
+    """Why an aggregation does not apply to the field's type, or None when it does."""
+    of = f"'{feat.field}' is {src.type}"
+    if feat.agg in NUMERIC_AGGS and not (src.numeric or (src.type == "bool" and feat.agg in BOOL_AGGS)):
+        return f"'{feat.agg}' needs a numeric field; {of}"
+    if feat.agg == "last" and src.type == "string":
+        return "'last' of a string field is not a number; use a category field"
+    if feat.agg == "distinct" and src.type not in ("string", "category", "int", "bool"):
+        return f"'distinct' needs a discrete field; {of}"
+    return None
 
 
-def _at(loc: tuple, reason: str) -> _LocatedError:
-    return _LocatedError(loc, reason)
+def cross_problems(sections: dict[str, Any]) -> list[tuple[tuple, str]]:
+    """Every problem between spec sections, as (loc, reason).
+
+    `sections` maps a top-level key to its validated value; a section that did not validate is
+    absent, and the checks that read it are skipped (its own errors are reported already).
+    """
+    out: list[tuple[tuple, str]] = []
+    event, label, entity = sections.get("event"), sections.get("label"), sections.get("entity")
+    fields = event.fields if event is not None else None
+    if fields is not None and entity is not None:
+        key = fields.get(entity.key)
+        if key is None:
+            out.append((("entity", "key"), f"'{entity.key}' is not an event field"))
+        elif key.type not in ("string", "int", "category") or not key.required:
+            out.append((("entity", "key"), "the entity key must be a required string, int or category field"))
+    if fields is not None and label is not None and label.name in fields:
+        out.append((("label", "name"), f"'{label.name}' is also an event field; labels arrive separately"))
+    if fields is not None and "features" in sections:
+        for i, feat in enumerate(sections["features"].definitions):
+            where = ("features", "definitions", i)
+            if feat.name in fields:
+                out.append(((*where, "name"), f"'{feat.name}' clashes with an event field"))
+            if feat.field is not None:
+                src = fields.get(feat.field)
+                reason = f"'{feat.field}' is not an event field" if src is None else _agg_misfit(feat, src)
+                if reason:
+                    out.append(((*where, "field"), reason))
+    models = sections.get("models", [])
+    for i, model in enumerate(models):
+        if label is not None and label.type not in ALGORITHMS[model.library][model.algorithm]:
+            out.append((("models", i, "algorithm"), f"'{model.algorithm}' does not fit a {label.type} label"))
+        if model.name in (m.name for m in models[:i]):
+            out.append((("models", i, "name"), f"model name '{model.name}' is used twice"))
+    if (metrics := sections.get("metrics")) is not None:
+        named = [(("metrics", "primary"), metrics.primary)]
+        named += [(("metrics", "report", i), m) for i, m in enumerate(metrics.report)]
+        for path, metric in named:
+            if metric not in METRICS:
+                out.append((path, f"unknown metric '{metric}'; one of {sorted(METRICS)}"))
+            elif label is not None and label.type not in METRICS[metric][0]:
+                out.append((path, f"'{metric}' does not apply to a {label.type} label"))
+        low, high = METRIC_RANGE.get(metrics.primary, (-math.inf, math.inf))
+        if metrics.minimum is not None and not low <= metrics.minimum <= high:
+            reason = (f"a bound for '{metrics.primary}' cannot be negative" if high == math.inf
+                      else f"'{metrics.primary}' is at most {high:g}" if low == -math.inf
+                      else f"'{metrics.primary}' lies in [{low:g}, {high:g}]")
+            out.append((("metrics", "minimum"), reason))
+    if fields is not None and "monitoring" in sections:
+        for i, seg in enumerate(sections["monitoring"].segments):
+            src = fields.get(seg)
+            if src is None or src.type not in ("category", "bool"):
+                out.append((("monitoring", "segments", i), f"'{seg}' must be a category or bool event field"))
+    return out
 
 
 # ---------------------------------------------------------------- loading
@@ -375,40 +506,101 @@ def _at(loc: tuple, reason: str) -> _LocatedError:
 def _yaml_path(loc: tuple) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        index = isinstance(part, int) and not isinstance(part, bool)
+        out += f"[{part}]" if index else (f".{part}" if out else str(part))
     return out or "<root>"
 
 
-def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
-    """Line (1-based) of the deepest YAML node that the error location reaches."""
-    line = None
+def _node_at(node: yaml.Node | None, loc: tuple) -> tuple[yaml.Node | None, bool]:
+    """The deepest YAML node the error location reaches, and whether it reaches all of it."""
     for part in loc:
-        if node is None:
-            break
-        line = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
-            node = next((v for k, v in node.value if k.value == part), None)
+            child = next((v for k, v in node.value if k.value == part), None)
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
+            child = node.value[part]
         else:
-            node = None
-    if node is not None:
-        line = node.start_mark.line + 1
-    return line
+            child = None
+        if child is None:
+            return node, False
+        node = child
+    return node, True
+
+
+def _problems_of(exc: ValidationError, root: yaml.Node | None, prefix: tuple = ()) -> list[tuple[tuple, str]]:
+    """A pydantic error as (loc, reason) pairs; locs start with `prefix`."""
+    out = []
+    for err in exc.errors():
+        loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        ctx_err = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, _Problems):
+            out += [(loc + sub, reason) for sub, reason in ctx_err.problems]
+            continue
+        reason = err["msg"].removeprefix("Value error, ")
+        word = None
+        if loc and loc[-1] == "[key]":  # a mapping key failed (`yes:` read as True): name it as written
+            word = _key_text(_node_at(root, loc[:-2])[0], err["input"])  # loc holds True as 1
+            loc = loc[:-2] + (loc[-2] if word is None else word,)
+            reason = f"key: {reason}"
+        if isinstance(err.get("input"), bool) and err["type"] in ("string_type", "yaml_bool"):
+            node, whole = _node_at(root, loc)
+            if word is None:
+                word = node.value if whole and isinstance(node, yaml.ScalarNode) else "no"
+            hint = f"{BOOL_HINT}, e.g. '{word}'"
+            reason = hint if err["type"] == "yaml_bool" else f"{reason}; {hint}"
+        out.append((loc, reason))
+    return out
+
+
+def _key_text(mapping: yaml.Node | None, key: Any) -> str | None:
+    """How a mapping key that YAML turned into a bool or number is written in the file."""
+    if isinstance(mapping, yaml.MappingNode):
+        for k, _ in mapping.value:
+            if isinstance(k, yaml.ScalarNode) and type(value := yaml.safe_load(k.value)) is type(key) and value == key:
+                return k.value
+    return None
+
+
+def _format(problems: list[tuple[tuple, str]], root: yaml.Node | None) -> list[str]:
+    """'path (line N): reason' lines in the order of the file, so they read top to bottom."""
+    out = []
+    for loc, reason in problems:
+        node, _ = _node_at(root, loc)
+        line = node.start_mark.line + 1 if node is not None else 0
+        out.append((line, f"{_yaml_path(loc)}{f' (line {line})' if line else ''}: {reason}"))
+    return [text for _, text in sorted(out, key=lambda item: item[0])]
 
 
 def spec_errors(exc: ValidationError, root: yaml.Node | None = None) -> list[str]:
     """Turn a pydantic error into 'path (line N): reason' strings."""
-    out = []
-    for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        reason = err["msg"].removeprefix("Value error, ")
-        ctx_err = (err.get("ctx") or {}).get("error")
-        if isinstance(ctx_err, _LocatedError):
-            loc, reason = loc + ctx_err.loc, str(ctx_err)
-        line = _line_of(root, loc)
-        out.append(f"{_yaml_path(loc)}{f' (line {line})' if line else ''}: {reason}")
-    return out
+    return _format(_problems_of(exc, root), root)
+
+
+@functools.cache
+def _section_adapter(name: str) -> TypeAdapter:
+    """A validator of one top-level section, with the same type and constraints as in PipelineSpec."""
+    info = PipelineSpec.model_fields[name]
+    return TypeAdapter(Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation)
+
+
+def _all_problems(data: dict, root: yaml.Node | None) -> list[tuple[tuple, str]]:
+    """Every problem of a spec that failed validation: each section's own errors, then the cross
+    checks between the sections that validated (pydantic stops before cross checks on any error)."""
+    problems: list[tuple[tuple, str]] = []
+    sections: dict[str, Any] = {}
+    for name, info in PipelineSpec.model_fields.items():
+        if name not in data:
+            if info.is_required():
+                problems.append(((name,), "Field required"))
+            else:
+                sections[name] = info.get_default(call_default_factory=True)
+            continue
+        try:
+            sections[name] = _section_adapter(name).validate_python(data[name])
+        except ValidationError as exc:
+            problems += _problems_of(exc, root, (name,))
+    extra = [key for key in data if key not in PipelineSpec.model_fields]
+    problems += [((key,), "Extra inputs are not permitted") for key in extra]
+    return problems + cross_problems(sections)
 
 
 def parse_spec(text: str, source: str = "<spec>") -> PipelineSpec:
@@ -423,8 +615,9 @@ def parse_spec(text: str, source: str = "<spec>") -> PipelineSpec:
     try:
         return PipelineSpec.model_validate(data)
     except ValidationError as exc:
-        lines = "\n  ".join(spec_errors(exc, root))
-        raise SpecError(f"{source}: invalid pipeline spec:\n  {lines}") from None
+        errors = _format(_all_problems(data, root), root) or spec_errors(exc, root)
+        lines = "\n  ".join(errors)
+        raise SpecError(f"{source}: invalid pipeline spec:\n  {lines}", errors) from None
 
 
 def load_spec(path: str | Path) -> PipelineSpec:
@@ -435,3 +628,27 @@ def load_spec(path: str | Path) -> PipelineSpec:
     except OSError as exc:
         raise SpecError(f"{path}: cannot read the spec: {exc.strerror}") from None
     return parse_spec(text, str(path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m shared.spec check FILE...`: print 'ok' or every error of each spec; exit 1 on any error."""
+    parser = argparse.ArgumentParser(prog="python -m shared.spec", description="Pipeline spec tools.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("check", help="validate spec files; print every error with its path and line")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    args = parser.parse_args(argv)
+    failed = 0
+    for file in args.files:
+        try:
+            spec = load_spec(file)
+        except SpecError as exc:
+            failed += 1
+            print(exc)
+            continue
+        counts = f"{len(spec.features.definitions)} features, {len(spec.models)} models"
+        print(f"{file}: ok ({spec.name}, {counts})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

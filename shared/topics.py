@@ -64,6 +64,9 @@ class Topics:
     """Resolves catalogue names to real topic names under a deployment prefix."""
 
     def __init__(self, prefix: str = ""):
+        # 'acme' means acme.events, not acmeevents; a prefix that already ends in a separator is kept.
+        if prefix and not prefix.endswith((".", "-", "_")):
+            prefix += "."
         self.prefix = prefix
 
     def __getitem__(self, base: str) -> str:

@@ -7,7 +7,7 @@ import pytest
 
 from shared.errors import ValidationFailed
 from shared.events import Event, EventValidator, Label, derived_event_id, label_id
-from shared.spec import load_spec
+from shared.spec import load_spec, parse_spec
 from shared.topics import CATALOGUE, Topics
 
 SPEC = load_spec("examples/fraud/pipeline.yaml")
@@ -91,3 +91,65 @@ def test_every_topic_used_in_code_is_in_the_catalogue():
         used |= set(re.findall(r'topics\["([^"]+)"\]', path.read_text()))
     assert used, "no topic references found"
     assert used <= set(CATALOGUE), used - set(CATALOGUE)
+
+
+# ---------------------------------------------------------------- numbers as category values, label classes (issue 9)
+
+TEXT = Path("examples/fraud/pipeline.yaml").read_text()
+
+
+def validator_for(text: str) -> EventValidator:
+    return EventValidator(parse_spec(text))
+
+
+def test_category_sent_as_number_or_text_matches_a_value_written_as_number():
+    v = validator_for(TEXT.replace("values: [pos, web, app]", "values: [1, 2, 3.5]"))
+    for sent, kept in [(1, "1"), ("1", "1"), (1.0, "1"), (3.5, "3.5"), ("3.5", "3.5")]:
+        assert v.validate({**GOOD, "channel": sent})["channel"] == kept
+    for bad in (4, "01", True, None, float("nan"), 10**400):
+        with pytest.raises(ValidationFailed) as err:
+            v.validate({**GOOD, "channel": bad})
+        assert err.value.errors[0]["field"] == "channel"
+
+
+def test_quoted_numeric_category_values_accept_numbers_too():
+    v = validator_for(TEXT.replace("values: [pos, web, app]", "values: ['1', '2']"))
+    assert v.validate({**GOOD, "channel": 2})["channel"] == "2"
+
+
+def test_text_categories_still_refuse_numbers():
+    assert ("channel", "not_allowed_value") in errors_of({**GOOD, "channel": 1})
+
+
+def test_binary_label_with_named_classes_is_a_bool_for_the_second_class():
+    v = validator_for(TEXT.replace("type: binary", "type: binary\n  classes: [declined, approved]"))
+
+    def value(sent):
+        return Label.model_validate(v.label({"event_id": "e-1", "value": sent}, source="http", now=NOW)).value
+
+    assert value("approved") is True and value("declined") is False
+    assert value(True) is True and value(0) is False
+    for bad in ("maybe", "Approved", 2):
+        with pytest.raises(ValidationFailed, match=r"true/false, 0/1 or one of \['declined', 'approved'\]"):
+            v.label({"event_id": "e-1", "value": bad}, source="http", now=NOW)
+
+
+def test_multiclass_label_written_as_numbers_accepts_numbers_and_text():
+    text = (TEXT.replace("type: binary", "type: multiclass\n  classes: [0, 1, 2]")
+            .replace("primary: roc_auc", "primary: accuracy").replace("[pr_auc, log_loss, recall, precision]", "[]")
+            .replace("algorithm: logistic_regression}", "algorithm: hoeffding_tree}", 1))
+    v = validator_for(text)
+    for sent in (1, "1", 1.0):
+        assert v.label({"event_id": "e-1", "value": sent}, source="http", now=NOW)["value"] == "1"
+    for bad in (True, 3, "one"):
+        with pytest.raises(ValidationFailed, match=r"one of \['0', '1', '2'\]"):
+            v.label({"event_id": "e-1", "value": bad}, source="http", now=NOW)
+
+
+def test_topic_prefix_gets_a_separator():
+    assert Topics("acme")["events"] == "acme.events"
+    assert Topics("acme").group("ingest") == "acme.loopline.ingest.main"
+    assert Topics("acme").spec_of("acme.events") is CATALOGUE["events"]
+    for prefix in ("t1234abcd.", "acme-", "acme_", ""):
+        assert Topics(prefix)["events"] == prefix + "events"
+        assert Topics(prefix).group("ingest", "raw") == prefix + "loopline.ingest.raw"
