@@ -45,10 +45,22 @@ class Readiness(BaseModel):
     problems: dict[str, str] = Field(default_factory=dict, description="Why a failing check fails")
 
 
-def _body_doc(schema: dict[str, Any]) -> dict[str, Any]:
+def _event_schema(ctx: Any) -> dict[str, Any]:
+    """The spec's event schema, with the rules JSON Schema cannot state written on the time field."""
+    schema = ctx.validator.model.model_json_schema()
+    time_field = schema["properties"][ctx.validator.time_field]
+    time_field["description"] = (
+        "Event time (RFC 3339; without an offset, UTC). At most INGEST_MAX_FUTURE_S "
+        f"({ctx.limits.max_future.total_seconds():g} s here) ahead of ingest's clock, else code `future`")
+    return schema
+
+
+def _body_doc(schema: dict[str, Any], max_record_bytes: int) -> dict[str, Any]:
     return {
         "requestBody": {
             "required": True,
+            "description": f"A record larger than {max_record_bytes} bytes on Kafka (INGEST_MAX_RECORD_BYTES) "
+                           "is rejected with code `too_large`",
             "content": {
                 "application/json": {"schema": {"oneOf": [
                     schema, {"type": "array", "items": schema, "minItems": 1}]}},
@@ -129,13 +141,13 @@ def build_router(ctx: Any) -> APIRouter:
     }
 
     @router.post("/v1/events", status_code=202, responses=responses,
-                 openapi_extra=_body_doc(ctx.validator.model.model_json_schema()),
+                 openapi_extra=_body_doc(_event_schema(ctx), settings.max_record_bytes),
                  summary="Send one event or a batch (JSON array or NDJSON)")
     async def post_events(request: Request) -> Response:
         return await ingest(request, "event", check_events)
 
     @router.post("/v1/labels", status_code=202, responses=responses,
-                 openapi_extra=_body_doc(ctx.validator.label_input_schema()),
+                 openapi_extra=_body_doc(ctx.validator.label_input_schema(), settings.max_record_bytes),
                  summary="Send outcomes for earlier events (one or a batch)")
     async def post_labels(request: Request) -> Response:
         return await ingest(request, "label", check_labels)
