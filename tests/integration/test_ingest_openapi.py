@@ -5,11 +5,12 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import ROOT, ServiceProcess, free_port
+from tests.support import ServiceProcess, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -37,8 +38,9 @@ def test_schemathesis_all_checks_find_nothing(ingest, tmp_path):
     cmd = [sys.executable, "-m", "schemathesis.cli", "run", f"{ingest.url}/openapi.json",
            "--checks", "all", "--max-examples", "100", "--workers", "1", "--no-color",
            "--generation-database", "none", "--request-timeout", "30", "--report-dir", str(tmp_path)]
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.integration.schemathesis_hooks"}
-    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": str(Path(__file__).with_name("schemathesis_hooks.py"))}
+    # cwd: schemathesis keeps a crash cache (.schemathesis/) in the working directory, not in the repo
+    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=540)
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-20000:]
     assert "Selected: 5/5" in out and "Tested: 5" in out, out[-5000:]
