@@ -47,7 +47,7 @@ SPEC = ROOT / "examples" / "fraud" / "pipeline.yaml"
 JSON_HEADERS = {"content-type": "application/json"}
 # path: (its peer, minimum ratio of events/s to the peer's in the same run)
 GOALS = {"http_batch": ("bare", 0.5), "direct": ("relay", 0.8)}
-INFO_GOALS = {"direct_backlog": ("relay", 0.8)}  # the direct goal applied to the bridge alone: shown, not judged
+INFO_GOALS = {"direct_backlog": ("relay", 0.8)}  # the direct goal for the bridge alone: shown, not judged
 
 PATHS = {
     "bare": "(d) bare aiokafka producer",
@@ -240,8 +240,9 @@ class Bench:
         self.relay: mp.Process | None = None
 
     def meter(self, relay: bool = False) -> CpuMeter:
-        """CPU of the service (or, for the relay's phase, of the relay process), this process and the broker."""
-        pid = (self.relay.pid if self.relay else None) if relay else (self.svc.proc.pid if self.svc.proc else None)
+        """CPU of the service (for the relay's phase: the relay process), this process and the broker."""
+        proc = self.relay if relay else self.svc.proc
+        pid = proc.pid if proc is not None else None
         return CpuMeter({"service": pid, "broker": broker_pid()}).start()
 
     def record(self, round_no: int, path: str, events: int, seconds: float, cpu: dict, **extra) -> None:
@@ -410,7 +411,8 @@ def report(rows: list[dict], args: argparse.Namespace) -> dict:
         peer_rate = rate.get((goal[0], row["round"])) if goal else None
         return f"{row['events_per_s'] / peer_rate:.2f}x {goal[0]}" if goal and peer_rate else ""
 
-    print("\nPer round (ratio = events/s / the bare producer's in the same round; vs peer = / the goal's peer's):")
+    print("\nPer round (ratio = events/s / the bare producer's in the same round; "
+          "vs peer = / the goal's peer's):")
     print(table(["round", "path", "events", "seconds", "events/s", "ratio", "vs peer"],
                 [[row["round"], PATHS[row["path"]], f"{row['events']:,}", f"{row['seconds']:.2f}",
                   f"{row['events_per_s']:,.0f}", f"{row['events_per_s'] / rate[('bare', row['round'])]:.2f}x",
@@ -454,7 +456,8 @@ def report(rows: list[dict], args: argparse.Namespace) -> dict:
         other = [row["cpu_s"]["other"] / row["seconds"] for row in by_path[path] if row["cpu_s"].get("other") is not None]
         cpu_rows.append([label, per["service"], per["bench"], per["broker"], f"{median(ours):.2f}",
                          f"{median(other):.2f}" if other else "-"])
-    print(table(["path", "service µs/ev", "bench µs/ev", "broker µs/ev", "cores busy", "other load"], cpu_rows))
+    print(table(["path", "service µs/ev", "bench µs/ev", "broker µs/ev", "cores busy", "other load"],
+                cpu_rows))
     print("(service: the ingest process; for (e), the relay process)")
     print("(cores busy: ingest+bench+broker CPU / wall time; other load: cores used meanwhile by the rest of the "
           "machine, e.g. other people's tests: above ~0.1 the figures are disturbed)")

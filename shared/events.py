@@ -392,7 +392,7 @@ class EventValidator:
     # ---- additions shared by ingest (HTTP and raw bridge), replay and serving
 
     def check_not_future(self, record: dict[str, Any], *, now: datetime, max_ahead: timedelta) -> None:
-        """Refuse (code `future`) an `Event` or `Label` record whose time is more than `max_ahead` after `now`.
+        """Refuse (code `future`) an `Event` or `Label` record timed more than `max_ahead` after `now`.
 
         One far-future event time would otherwise move a partition's stream time ahead of every real
         event and make the join treat everything after it as late."""

@@ -59,13 +59,14 @@ def _body_doc(schema: dict[str, Any], max_record_bytes: int) -> dict[str, Any]:
     return {
         "requestBody": {
             "required": True,
-            "description": f"A record larger than {max_record_bytes} bytes on Kafka (INGEST_MAX_RECORD_BYTES) "
-                           "is rejected with code `too_large`",
+            "description": f"A record larger than {max_record_bytes} bytes on Kafka "
+                           "(INGEST_MAX_RECORD_BYTES) is rejected with code `too_large`",
             "content": {
                 "application/json": {"schema": {"oneOf": [
                     schema, {"type": "array", "items": schema, "minItems": 1}]}},
                 "application/x-ndjson": {"schema": {
-                    "type": "string", "description": "one JSON object per line, each as in application/json"}},
+                    "type": "string",
+                    "description": "one JSON object per line, each as in application/json"}},
             },
         }
     }
@@ -135,8 +136,9 @@ def build_router(ctx: Any) -> APIRouter:
         413: {"model": Problem, "description": "Body over INGEST_MAX_BODY_BYTES or more records than "
                                                 "INGEST_MAX_BATCH_EVENTS"},
         415: {"model": Problem, "description": "Unsupported content type"},
-        422: {"model": IngestResult, "description": "No record valid, or none sent (`[]`, an empty body: code "
-                                                    "`empty`); each rejection names index, field, reason"},
+        422: {"model": IngestResult, "description": "No record valid, or none sent (`[]`, an empty body: "
+                                                    "code `empty`); each rejection names index, field, "
+                                                    "reason"},
         503: {"model": Problem, "description": "Kafka unavailable; nothing accepted; see Retry-After"},
     }
 
@@ -167,7 +169,8 @@ def build_router(ctx: Any) -> APIRouter:
             problems["raw_bridge"] = problem
         checks = {"kafka": "kafka" not in problems, "raw_bridge": "raw_bridge" not in problems}
         ok = not problems
-        return JSONResponse({"ready": ok, "checks": checks, "problems": problems}, status_code=200 if ok else 503)
+        return JSONResponse({"ready": ok, "checks": checks, "problems": problems},
+                            status_code=200 if ok else 503)
 
     @router.get("/metrics", summary="Prometheus metrics (text exposition format)", response_class=Response,
                 responses={200: {"description": "Prometheus text format",

@@ -63,7 +63,8 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
     topics = Topics(settings.topic_prefix)
     validator = EventValidator(spec)
     publisher = Publisher(settings.kafka, settings.produce_timeout_s)
-    limits = Limits(max_record_bytes=settings.max_record_bytes, max_future=timedelta(seconds=settings.max_future_s))
+    limits = Limits(max_record_bytes=settings.max_record_bytes,
+                    max_future=timedelta(seconds=settings.max_future_s))
     ctx = IngestContext(settings, spec, validator, topics, publisher, metrics, limits)
     if settings.raw_bridge:
         ctx.bridge = RawBridge(settings.kafka, topics, validator, publisher, metrics, limits,

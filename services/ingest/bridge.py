@@ -98,7 +98,8 @@ class RawBridge:
 
         Raises BridgeStopped if asked to stop before the batch is acknowledged (it stays uncommitted)."""
         now = utcnow()
-        outcomes = [check_raw(self.validator, r, self.kinds[r.topic], now, self.limits)  # type: ignore[arg-type]
+        kinds, limits = self.kinds, self.limits
+        outcomes = [check_raw(self.validator, r, kinds[r.topic], now, limits)  # type: ignore[arg-type]
                     for r in records]
         by_topic: dict[str, list] = {}
         for o in outcomes:

@@ -1,4 +1,4 @@
-"""Ingest does what its OpenAPI document says: schemathesis, every check, against a real process and broker."""
+"""Ingest does what its OpenAPI document says: schemathesis, all checks, against a real process and broker."""
 from __future__ import annotations
 
 import os

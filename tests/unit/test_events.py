@@ -109,11 +109,14 @@ def test_event_time_more_than_max_ahead_of_the_clock_is_refused_with_code_future
 
 def test_label_observed_ahead_of_the_clock_is_refused_and_the_default_is_the_clock():
     ahead = timedelta(seconds=300)
-    late = V.label({"event_id": "e-1", "value": 1, "observed_at": "2026-11-26T12:10:00Z"}, source="http", now=NOW)
+    late = V.label({"event_id": "e-1", "value": 1, "observed_at": "2026-11-26T12:10:00Z"},
+                   source="http", now=NOW)
     with pytest.raises(ValidationFailed) as err:
         V.check_not_future(late, now=NOW, max_ahead=ahead)
     assert (err.value.errors[0]["field"], err.value.reason_code) == ("observed_at", "future")
-    V.check_not_future(V.label({"event_id": "e-1", "value": 1}, source="http", now=NOW), now=NOW, max_ahead=ahead)
+    default = V.label({"event_id": "e-1", "value": 1}, source="http", now=NOW)
+    assert default["occurred_at"] == "2026-11-26T12:00:00Z"
+    V.check_not_future(default, now=NOW, max_ahead=ahead)
     assert "decides lateness" in LabelIn.model_fields["observed_at"].description
 
 

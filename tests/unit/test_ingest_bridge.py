@@ -41,7 +41,8 @@ class FakePublisher:
 
 
 def bridge(publisher, stall_after_s: float = 60.0, limits: Limits = Limits()) -> RawBridge:
-    b = RawBridge(KafkaSettings(), Topics(""), V, publisher, IngestMetrics(), limits, stall_after_s=stall_after_s)
+    b = RawBridge(KafkaSettings(), Topics(""), V, publisher, IngestMetrics(), limits,
+                  stall_after_s=stall_after_s)
     b.running = True
     return b
 

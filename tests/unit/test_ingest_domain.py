@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 from aiokafka import ConsumerRecord
 
-from services.ingest.domain import NO_EVENTS, BadRequest, Limits, check_events, check_labels, check_raw, decode_body
+from services.ingest.domain import (
+    NO_EVENTS, BadRequest, Limits, check_events, check_labels, check_raw, decode_body,
+)
 from shared.events import EventValidator, derived_event_id
 from shared.serialization import dumps, loads
 from shared.spec import load_spec, parse_spec
@@ -75,7 +77,8 @@ def test_raw_records_get_a_stable_id_or_a_reason():
 
 
 def test_no_records_is_one_clear_reason():
-    for body, ctype in ((b"[]", "application/json"), (b"", "application/json"), (b"\n", "application/x-ndjson")):
+    for body, ctype in ((b"[]", "application/json"), (b"", "application/json"),
+                        (b"\n", "application/x-ndjson")):
         with pytest.raises(BadRequest, match=NO_EVENTS):
             decode_body(body, ctype, 10)
 
@@ -90,8 +93,10 @@ def test_event_times_ahead_of_the_clock_are_rejected_per_record_on_both_paths():
     raw = check_raw(V, _record(dumps(future)), "event", NOW, limits)
     assert raw.outgoing is None and raw.error.reason_code == "future"
     label = {"event_id": "e1", "value": 1, "observed_at": "2026-11-26T12:06:00Z"}
-    assert [r.code for r in check_labels(V, [label], source="http", now=NOW, limits=limits).rejected] == ["future"]
-    assert check_raw(V, _record(dumps(label), "labels.raw"), "label", NOW, limits).error.reason_code == "future"
+    checked = check_labels(V, [label], source="http", now=NOW, limits=limits)
+    assert [r.code for r in checked.rejected] == ["future"]
+    raw_label = check_raw(V, _record(dumps(label), "labels.raw"), "label", NOW, limits)
+    assert raw_label.error.reason_code == "future"
 
 
 # The fraud spec bounds every string; without max_length on the entity key an event can outgrow Kafka's
