@@ -8,8 +8,9 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -40,6 +41,27 @@ SCHEMA_VERSION = 1
 GLOBAL_KEY = "__global__"
 _ID_NAMESPACE = uuid.UUID("6f1c7d1e-5a4b-4c1a-9d55-0a4c1e0b9f10")
 EventId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")]
+_DATE_TIME_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}[Tt _]\d{2}:\d{2}")
+
+
+def _date_time_text(value: Any) -> Any:
+    # The schema says "string, format date-time": refuse what pydantic's lax datetime would also take
+    # (Unix numbers, digit strings, bare dates), so the documented type is the accepted one.
+    if isinstance(value, datetime) or (isinstance(value, str) and _DATE_TIME_TEXT.match(value)):
+        return value
+    raise PydanticCustomError("datetime_type", "Input should be an RFC 3339 date-time string, "
+                                               "e.g. 2026-11-26T10:00:00Z (numbers are not accepted)")
+
+
+def _to_utc_checked(value: datetime) -> datetime:
+    try:
+        return to_utc(value)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00 is past year 9999 in UTC
+        raise PydanticCustomError("datetime_type", "Input is out of the representable range") from None
+
+
+# An event or label time on the wire: an RFC 3339 string (aware; naive means UTC), normalized to UTC.
+Timestamp = Annotated[datetime, BeforeValidator(_date_time_text), AfterValidator(_to_utc_checked)]
 
 
 class Wire(BaseModel):
@@ -71,7 +93,11 @@ class LabelIn(Wire):
 
     event_id: EventId = Field(description="Id of the event this outcome belongs to")
     value: StrictBool | StrictInt | float | StrictStr = Field(description="The outcome")
-    observed_at: datetime | None = Field(None, description="When the outcome became known; default now")
+    observed_at: Timestamp | None = Field(None, description=(
+        "When the outcome became known (RFC 3339; without an offset, UTC). It decides lateness: a label "
+        "observed more than the spec's label.max_delay after its event is not joined (dead letter "
+        "`late_label`). Defaults to ingest's clock on arrival, so backfilled labels must carry it. At "
+        "most INGEST_MAX_FUTURE_S (default 300 s) ahead of ingest's clock (else code `future`)"))
     entity: str | None = Field(None, max_length=256, description="Entity of the event, if known")
 
 
@@ -215,7 +241,11 @@ _CODES = {
     "model_type": "not_an_object",
     "dict_type": "not_an_object",
 }
-REASON_CODES = frozenset(_CODES.values()) | {"wrong_type", "invalid", "invalid_json", "late"}
+REASON_CODES = frozenset(_CODES.values()) | {"wrong_type", "invalid", "invalid_json", "late"} | {
+    "future",  # event time (or a label's observed_at) too far ahead of the receiving service's clock
+    "too_large",  # the record would exceed the per-record size limit on Kafka
+    "empty",  # a request body that holds no records
+}
 
 
 def _reason_code(pydantic_type: str) -> str:
@@ -260,8 +290,8 @@ def _annotation(spec: FieldSpec) -> Any:
             return Annotated[StrictStr, StringConstraints(max_length=spec.max_length)]
         case "int":
             return Annotated[StrictInt, Field(**bounds)]
-        case "float":
-            return Annotated[float, BeforeValidator(_number_only), Field(allow_inf_nan=False, **bounds)]
+        case "float":  # Field before the validator: the bounds show as JSON Schema minimum/maximum
+            return Annotated[float, Field(allow_inf_nan=False, **bounds), BeforeValidator(_number_only)]
         case "bool":
             return StrictBool
         case "category":
@@ -271,7 +301,7 @@ def _annotation(spec: FieldSpec) -> Any:
                 return Annotated[allowed, BeforeValidator(_number_as_text)]
             return allowed
         case "timestamp":
-            return Annotated[datetime, AfterValidator(to_utc)]
+            return Timestamp
 
 
 class EventValidator:
@@ -375,3 +405,34 @@ class EventValidator:
                 return float(value)
             bad = "a regression label must be a number"
         raise ValidationFailed([{"field": "value", "reason": bad, "code": "not_allowed_value"}])
+
+    # ---- additions shared by ingest (HTTP and raw bridge), replay and serving
+
+    def check_not_future(self, record: dict[str, Any], *, now: datetime, max_ahead: timedelta) -> None:
+        """Refuse (code `future`) an `Event` or `Label` record timed more than `max_ahead` after `now`.
+
+        One far-future event time would otherwise move a partition's stream time ahead of every real
+        event and make the join treat everything after it as late."""
+        when = record["occurred_at"]
+        if isinstance(when, str):
+            when = datetime.fromisoformat(when)
+        if when - now > max_ahead:
+            field = "observed_at" if record.get("type") == "label" else self.time_field
+            raise ValidationFailed([{
+                "field": field, "code": "future",
+                "reason": f"{when.isoformat()} is more than {max_ahead.total_seconds():g} s ahead of the "
+                          f"receiving service's clock ({now.isoformat()})"}])
+
+    def label_input_schema(self) -> dict[str, Any]:
+        """JSON Schema of `LabelIn` with `value` narrowed to what the spec's label type accepts."""
+        spec = self.label_spec
+        schema = LabelIn.model_json_schema()
+        if spec.type == "binary":
+            value: dict[str, Any] = {"enum": [True, False, 0, 1], "description": "true/false, or 1/0"}
+        elif spec.type == "multiclass":
+            value = {"type": "string", "enum": list(spec.classes or []), "description": "one of the classes"}
+        else:
+            value = {"type": "number", "description": "a number"}
+        schema["properties"]["value"] = {"title": "Value", **value,
+                                         "description": f"The outcome ({spec.type}): {value['description']}"}
+        return schema

@@ -8,17 +8,22 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from services.ingest.domain import BadRequest, Checked, check_events, check_labels, decode_body
+from services.ingest.domain import BadRequest, Checked, Rejection, check_events, check_labels, decode_body
 from shared.errors import KafkaUnavailable
 from shared.metrics import render
 from shared.serialization import utcnow
 
 
 class RejectionOut(BaseModel):
-    index: int = Field(description="Position of the record in the request (0 for a single object)")
+    index: int = Field(description="Position of the record in the request (0 for a single object "
+                                   "or for a body without records)")
     field: str = Field(description="Dotted path of the offending field ('' for the whole record)")
     reason: str
-    code: str = Field(description="Stable reason code, e.g. missing, unknown_field, out_of_range")
+    code: str = Field(description="Stable reason code: missing, unknown_field, wrong_type, out_of_range, "
+                                  "not_allowed_value, not_finite, too_long, too_short, bad_format, "
+                                  "not_an_object, invalid_json, invalid, future (event time too far "
+                                  "ahead of ingest's clock), too_large (record over the size limit), "
+                                  "empty (the body holds no records)")
 
 
 class IngestResult(BaseModel):
@@ -33,13 +38,35 @@ class Problem(BaseModel):
     detail: str
 
 
-def _body_doc(schema: dict[str, Any]) -> dict[str, Any]:
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, bool] = Field(description="kafka: the broker answers; raw_bridge: the bridge runs "
+                                                "and makes progress")
+    problems: dict[str, str] = Field(default_factory=dict, description="Why a failing check fails")
+
+
+def _event_schema(ctx: Any) -> dict[str, Any]:
+    """The spec's event schema, with the rules JSON Schema cannot state written on the time field."""
+    schema = ctx.validator.model.model_json_schema()
+    time_field = schema["properties"][ctx.validator.time_field]
+    time_field["description"] = (
+        "Event time (RFC 3339; without an offset, UTC). At most INGEST_MAX_FUTURE_S "
+        f"({ctx.limits.max_future.total_seconds():g} s here) ahead of ingest's clock, else code `future`")
+    return schema
+
+
+def _body_doc(schema: dict[str, Any], max_record_bytes: int) -> dict[str, Any]:
     return {
         "requestBody": {
             "required": True,
+            "description": f"A record larger than {max_record_bytes} bytes on Kafka "
+                           "(INGEST_MAX_RECORD_BYTES) is rejected with code `too_large`",
             "content": {
-                "application/json": {"schema": {"oneOf": [schema, {"type": "array", "items": schema}]}},
-                "application/x-ndjson": {"schema": {"type": "string", "description": "one JSON object per line"}},
+                "application/json": {"schema": {"oneOf": [
+                    schema, {"type": "array", "items": schema, "minItems": 1}]}},
+                "application/x-ndjson": {"schema": {
+                    "type": "string",
+                    "description": "one JSON object per line, each as in application/json"}},
             },
         }
     }
@@ -76,9 +103,13 @@ def build_router(ctx: Any) -> APIRouter:
             body = await read_body(request, settings.max_body_bytes)
             items = decode_body(body, request.headers.get("content-type", ""), settings.max_batch_events)
         except BadRequest as exc:
-            metrics.rejected.labels("http", kind, "invalid_json" if exc.status == 400 else "invalid").inc()
+            code = {400: "invalid_json", 422: "empty"}.get(exc.status, "invalid")
+            metrics.rejected.labels("http", kind, code).inc()
+            if exc.status == 422:  # no records at all: the same shape as "no record valid"
+                empty = Rejection(0, "", str(exc), code).public()
+                return JSONResponse({"accepted": 0, "event_ids": [], "rejected": [empty]}, status_code=422)
             return JSONResponse({"detail": str(exc)}, status_code=exc.status)
-        checked: Checked = check(ctx.validator, items, source="http", now=utcnow())
+        checked: Checked = check(ctx.validator, items, source="http", now=utcnow(), limits=ctx.limits)
         for r in checked.rejected:
             metrics.rejected.labels("http", kind, r.code).inc()
         if checked.accepted:
@@ -102,20 +133,23 @@ def build_router(ctx: Any) -> APIRouter:
         202: {"model": IngestResult, "description": "All records acknowledged by Kafka"},
         207: {"model": IngestResult, "description": "Good records acknowledged, bad ones listed"},
         400: {"model": Problem, "description": "Body is not JSON"},
-        413: {"model": Problem, "description": "Body or batch too large"},
+        413: {"model": Problem, "description": "Body over INGEST_MAX_BODY_BYTES or more records than "
+                                                "INGEST_MAX_BATCH_EVENTS"},
         415: {"model": Problem, "description": "Unsupported content type"},
-        422: {"model": IngestResult, "description": "No record valid; each rejection names index, field, reason"},
+        422: {"model": IngestResult, "description": "No record valid, or none sent (`[]`, an empty body: "
+                                                    "code `empty`); each rejection names index, field, "
+                                                    "reason"},
         503: {"model": Problem, "description": "Kafka unavailable; nothing accepted; see Retry-After"},
     }
 
     @router.post("/v1/events", status_code=202, responses=responses,
-                 openapi_extra=_body_doc(ctx.validator.model.model_json_schema()),
+                 openapi_extra=_body_doc(_event_schema(ctx), settings.max_record_bytes),
                  summary="Send one event or a batch (JSON array or NDJSON)")
     async def post_events(request: Request) -> Response:
         return await ingest(request, "event", check_events)
 
     @router.post("/v1/labels", status_code=202, responses=responses,
-                 openapi_extra=_body_doc(ctx.label_schema),
+                 openapi_extra=_body_doc(ctx.validator.label_input_schema(), settings.max_record_bytes),
                  summary="Send outcomes for earlier events (one or a batch)")
     async def post_labels(request: Request) -> Response:
         return await ingest(request, "label", check_labels)
@@ -124,13 +158,23 @@ def build_router(ctx: Any) -> APIRouter:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/readyz", summary="Kafka reachable and the raw bridge running")
+    @router.get("/readyz", summary="Kafka reachable and the raw bridge running and making progress",
+                responses={200: {"model": Readiness, "description": "Ready"},
+                           503: {"model": Readiness, "description": "Not ready; `problems` says why"}})
     async def readyz() -> Response:
-        checks = {"kafka": ctx.publisher.ready, "raw_bridge": ctx.bridge.running if ctx.bridge else True}
-        ok = all(checks.values())
-        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+        problems = {}
+        if not ctx.publisher.ready:
+            problems["kafka"] = "the broker does not answer"
+        if ctx.bridge is not None and (problem := ctx.bridge.problem()) is not None:
+            problems["raw_bridge"] = problem
+        checks = {"kafka": "kafka" not in problems, "raw_bridge": "raw_bridge" not in problems}
+        ok = not problems
+        return JSONResponse({"ready": ok, "checks": checks, "problems": problems},
+                            status_code=200 if ok else 503)
 
-    @router.get("/metrics", summary="Prometheus metrics")
+    @router.get("/metrics", summary="Prometheus metrics (text exposition format)", response_class=Response,
+                responses={200: {"description": "Prometheus text format",
+                                 "content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def metrics_endpoint() -> Response:
         body, content_type = render(metrics.registry)
         return Response(body, media_type=content_type)

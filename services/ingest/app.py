@@ -5,17 +5,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from datetime import timedelta
 
 from fastapi import FastAPI
 
 from services.ingest.api import build_router
 from services.ingest.bridge import RawBridge
 from services.ingest.config import IngestSettings
+from services.ingest.domain import Limits
 from services.ingest.metrics import IngestMetrics
 from services.ingest.publisher import Publisher
-from shared.events import EventValidator, LabelIn
+from shared.events import EventValidator
 from shared.kafka import ensure_topics
 from shared.spec import PipelineSpec, load_spec
 from shared.topics import Topics
@@ -31,8 +32,8 @@ class IngestContext:
     topics: Topics
     publisher: Publisher
     metrics: IngestMetrics
+    limits: Limits
     bridge: RawBridge | None = None
-    label_schema: dict[str, Any] = field(default_factory=LabelIn.model_json_schema)
 
 
 async def _supervise(ctx: IngestContext, stop: asyncio.Event) -> None:
@@ -62,9 +63,12 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
     topics = Topics(settings.topic_prefix)
     validator = EventValidator(spec)
     publisher = Publisher(settings.kafka, settings.produce_timeout_s)
-    ctx = IngestContext(settings, spec, validator, topics, publisher, metrics)
+    limits = Limits(max_record_bytes=settings.max_record_bytes,
+                    max_future=timedelta(seconds=settings.max_future_s))
+    ctx = IngestContext(settings, spec, validator, topics, publisher, metrics, limits)
     if settings.raw_bridge:
-        ctx.bridge = RawBridge(settings.kafka, topics, validator, publisher, metrics)
+        ctx.bridge = RawBridge(settings.kafka, topics, validator, publisher, metrics, limits,
+                               stall_after_s=settings.bridge_stall_after_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from shared.kafka import MAX_RECORD_BYTES
 from shared.settings import ServiceSettings
 
 
@@ -17,4 +18,16 @@ class IngestSettings(ServiceSettings):
     produce_timeout_s: float = Field(10.0, gt=0, description="Broker ack wait before answering 503")
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503")
     raw_bridge: bool = Field(True, description="Validate the events.raw/labels.raw topics into events/labels")
+    max_record_bytes: int = Field(
+        512 * 1024, ge=1024, le=MAX_RECORD_BYTES,
+        description="A record larger than this on Kafka (key + value) is rejected with code too_large "
+                    "(HTTP) or dead-lettered (raw bridge)")
+    max_future_s: float = Field(
+        300.0, ge=0,
+        description="Event times (and labels' observed_at) further ahead of this service's clock are "
+                    "rejected with code future")
+    bridge_stall_after_s: float = Field(
+        60.0, gt=0,
+        description="/readyz fails when the raw bridge has failed to produce, or made no progress "
+                    "despite lag, for this long")
     health_interval_s: float = Field(1.0, gt=0)

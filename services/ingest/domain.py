@@ -4,9 +4,9 @@ Plain functions without I/O, so tests call them directly.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from aiokafka import ConsumerRecord
@@ -18,8 +18,19 @@ from shared.serialization import dumps, loads
 Kind = Literal["event", "label"]
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Per-record rules both paths (HTTP and the raw bridge) apply after schema validation."""
+
+    max_record_bytes: int = 512 * 1024  # key + value on Kafka; Kafka refuses ~1 MiB per record by default
+    max_future: timedelta = timedelta(minutes=5)  # how far an event time may be ahead of our clock
+
+
+DEFAULT_LIMITS = Limits()
+
+
 class BadRequest(Exception):
-    """The body as a whole cannot be read (maps to 400/413/415)."""
+    """The body as a whole cannot be read (maps to 400/413/415, or 422 when it holds no records)."""
 
     def __init__(self, status: int, reason: str):
         self.status = status
@@ -52,11 +63,17 @@ class Checked:
     rejected: list[Rejection] = field(default_factory=list)
 
 
+_NDJSON = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+NO_EVENTS = "the body holds no records"
+
+
 def decode_body(body: bytes, content_type: str, max_items: int) -> list[Any]:
     """JSON object, JSON array or NDJSON into a list of items; an NDJSON line that is not JSON
     becomes a `ValidationFailed` item so the rest of the batch still goes through."""
     media = content_type.split(";")[0].strip().lower()
-    if media in ("application/x-ndjson", "application/ndjson", "application/jsonl"):
+    if media in ("application/json", "", *_NDJSON) and not body.strip():
+        raise BadRequest(422, NO_EVENTS)
+    if media in _NDJSON:
         lines = [ln for ln in body.split(b"\n") if ln.strip()]
         if len(lines) > max_items:
             raise BadRequest(413, f"batch has {len(lines)} events; the limit is {max_items}")
@@ -67,8 +84,6 @@ def decode_body(body: bytes, content_type: str, max_items: int) -> list[Any]:
             except ValueError as exc:
                 items.append(ValidationFailed([{"field": "", "code": "invalid_json",
                                                 "reason": f"line {number} is not valid JSON: {exc}"}]))
-        if not items:
-            raise BadRequest(422, "the body holds no events")
         return items
     if media not in ("application/json", ""):
         raise BadRequest(415, f"unsupported content type '{media}'; use application/json or application/x-ndjson")
@@ -78,7 +93,7 @@ def decode_body(body: bytes, content_type: str, max_items: int) -> list[Any]:
         raise BadRequest(400, f"body is not valid JSON (NaN and Infinity are not JSON): {exc}") from None
     items = data if isinstance(data, list) else [data]
     if not items:
-        raise BadRequest(422, "the body holds no events")
+        raise BadRequest(422, NO_EVENTS)
     if len(items) > max_items:
         raise BadRequest(413, f"batch has {len(items)} events; the limit is {max_items}")
     return items
@@ -97,19 +112,35 @@ def _check(items: list[Any], to_outgoing: Callable[[Any], Outgoing]) -> Checked:
     return out
 
 
-def check_events(validator: EventValidator, items: list[Any], *, source: str, now: datetime) -> Checked:
+def _bounded(out: Outgoing, limit: int) -> Outgoing:
+    """Refuse a record Kafka would refuse (or that would fail the whole batch it is sent with)."""
+    size = len(out.key) + len(out.value)
+    if size > limit:
+        raise ValidationFailed([{"field": "", "code": "too_large",
+                                 "reason": f"the record would be {size} bytes on Kafka (key + value); "
+                                           f"the limit is {limit}"}])
+    return out
+
+
+def check_events(validator: EventValidator, items: list[Any], *, source: str, now: datetime,
+                 limits: Limits = DEFAULT_LIMITS) -> Checked:
     """Good items become `Event` records keyed by entity (GLOBAL_KEY without entities)."""
     def to_outgoing(item: Any) -> Outgoing:
         record = validator.envelope(validator.validate(item), source=source, ingested_at=now)
-        return Outgoing(validator.kafka_key(record), dumps(record), record["event_id"])
+        validator.check_not_future(record, now=now, max_ahead=limits.max_future)
+        return _bounded(Outgoing(validator.kafka_key(record), dumps(record), record["event_id"]),
+                        limits.max_record_bytes)
     return _check(items, to_outgoing)
 
 
-def check_labels(validator: EventValidator, items: list[Any], *, source: str, now: datetime) -> Checked:
+def check_labels(validator: EventValidator, items: list[Any], *, source: str, now: datetime,
+                 limits: Limits = DEFAULT_LIMITS) -> Checked:
     """Good items become `Label` records keyed by the event id they refer to."""
     def to_outgoing(item: Any) -> Outgoing:
         record = validator.label(item, source=source, now=now)
-        return Outgoing(record["target_event_id"].encode(), dumps(record), record["event_id"])
+        validator.check_not_future(record, now=now, max_ahead=limits.max_future)
+        return _bounded(Outgoing(record["target_event_id"].encode(), dumps(record), record["event_id"]),
+                        limits.max_record_bytes)
     return _check(items, to_outgoing)
 
 
@@ -123,8 +154,9 @@ class RawOutcome:
     error: ValidationFailed | None = None
 
 
-def check_raw(validator: EventValidator, record: ConsumerRecord, kind: Kind, now: datetime) -> RawOutcome:
-    """Validate one record a producer wrote to events.raw or labels.raw."""
+def check_raw(validator: EventValidator, record: ConsumerRecord, kind: Kind, now: datetime,
+              limits: Limits = DEFAULT_LIMITS) -> RawOutcome:
+    """Validate one record a producer wrote to events.raw or labels.raw; the same rules as HTTP."""
     try:
         try:
             item = loads(record.value) if record.value is not None else None
@@ -140,6 +172,8 @@ def check_raw(validator: EventValidator, record: ConsumerRecord, kind: Kind, now
                 fields, source="kafka", ingested_at=now,
                 event_id=derived_event_id(record.topic, record.partition, record.offset))
             key = validator.kafka_key(checked)
+        validator.check_not_future(checked, now=now, max_ahead=limits.max_future)
+        out = _bounded(Outgoing(key, dumps(checked), checked["event_id"]), limits.max_record_bytes)
     except ValidationFailed as exc:
         return RawOutcome(record, kind, error=exc)
-    return RawOutcome(record, kind, outgoing=Outgoing(key, dumps(checked), checked["event_id"]))
+    return RawOutcome(record, kind, outgoing=out)

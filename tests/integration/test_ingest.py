@@ -1,17 +1,20 @@
 """Ingest against the real broker, run as a real process."""
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from shared.events import Event, Label, derived_event_id
 from shared.kafka import header_dict
 from shared.serialization import dumps, loads
-from tests.support import ServiceProcess, free_port, read_topic, wait_until
+from tests.support import ROOT, ServiceProcess, free_port, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -209,3 +212,142 @@ async def test_bridge_restart_mid_stream_loses_no_raw_record(service_env, topics
         svc.stop()
     ids = {loads(r.value)["event_id"] for r in records}
     assert ids == {f"ev-{i}" for i in range(n)}  # duplicates allowed (at-least-once), losses not
+
+
+# ---------------------------------------------------------------- issue 9: clock, size, progress
+
+async def test_event_times_ahead_of_the_clock_are_refused_on_http_and_dead_lettered_from_raw(
+        ingest, kafka, topics):
+    future = txn(0, ts="9999-12-31T23:59:59Z")
+    r = httpx.post(f"{ingest.url}/v1/events", json=future)
+    assert r.status_code == 422, r.text
+    assert [(x["field"], x["code"]) for x in r.json()["rejected"]] == [("ts", "future")]
+    r = httpx.post(f"{ingest.url}/v1/events", json=[txn(1), future])
+    assert r.status_code == 207 and r.json()["event_ids"] == ["ev-1"]
+    r = httpx.post(f"{ingest.url}/v1/labels", json={"event_id": "ev-1", "value": 1,
+                                                    "observed_at": "2999-01-01T00:00:00Z"})
+    assert r.status_code == 422 and r.json()["rejected"][0]["code"] == "future"
+    assert r.json()["rejected"][0]["field"] == "observed_at"
+
+    producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topics["events.raw"], dumps(txn(2, ts="9999-12-31T23:59:59Z")), key=b"f")
+        await producer.send_and_wait(topics["events.raw"], dumps(txn(3)), key=b"g")
+        await producer.send_and_wait(topics["labels.raw"], dumps({"event_id": "ev-3", "value": 0,
+                                                                  "observed_at": "2999-01-01T00:00:00Z"}))
+    finally:
+        await producer.stop()
+    dlq = await read_topic(kafka, topics["events.dlq"], expect=2)
+    assert sorted(header_dict(d.headers)["dlq.error.code"] for d in dlq) == ["future", "future"]
+    sources = {header_dict(d.headers)["dlq.source.topic"] for d in dlq}
+    assert sources == {topics["events.raw"], topics["labels.raw"]}
+    events = await read_topic(kafka, topics["events"], expect=2)
+    assert sorted(loads(e.value)["event_id"] for e in events) == ["ev-1", "ev-3"]
+    assert 'loopline_ingest_rejected_total{kind="event",reason="future",source="kafka"} 1.0' in \
+        httpx.get(f"{ingest.url}/metrics").text
+
+
+@pytest.fixture
+def unbounded_ingest(service_env, topics, tmp_path):
+    """Ingest with a spec whose entity key has no max_length, so one event can outgrow Kafka's 1 MiB."""
+    spec = tmp_path / "unbounded.yaml"
+    spec.write_text(ROOT.joinpath("examples/fraud/pipeline.yaml").read_text().replace(
+        "user_id: {type: string, max_length: 64}", "user_id: {type: string}"))
+    svc = ServiceProcess("services.ingest", {**service_env, "LOOPLINE_SPEC_PATH": str(spec),
+                                              "INGEST_PORT": str(port := free_port())},
+                         port=port, log_dir=tmp_path).start()
+    yield svc
+    svc.stop()
+
+
+async def test_oversized_records_are_rejected_or_dead_lettered_and_the_bridge_goes_on(
+        unbounded_ingest, kafka, topics):
+    svc = unbounded_ingest
+    # HTTP: an event whose record would be ~1.8 MB (the entity is in the key, `entity` and `data`) is
+    # rejected on its own; before, it failed the whole request with 503.
+    huge = txn(0, user="u" * 600_000)
+    r = httpx.post(f"{svc.url}/v1/events", json=[txn(1), huge], timeout=30)
+    assert r.status_code == 207, r.text
+    assert r.json()["event_ids"] == ["ev-1"]
+    assert [(x["index"], x["code"]) for x in r.json()["rejected"]] == [(1, "too_large")]
+
+    # Raw: a 1,048,000-byte invalid record (the broker takes it; its dead letter with headers would not
+    # fit unless cut), a valid record whose event is too large, then good records.
+    big_invalid = b'{"note": "' + b"x" * (1_048_000 - 12) + b'"}'
+    assert len(big_invalid) == 1_048_000
+    producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", max_request_size=2 * 1024 * 1024)
+    await producer.start()
+    try:
+        md_big = await producer.send_and_wait(topics["events.raw"], big_invalid, key=b"k")
+        md_huge = await producer.send_and_wait(topics["events.raw"], dumps(huge), key=b"k")
+        for i in range(10, 20):
+            await producer.send_and_wait(topics["events.raw"], dumps(txn(i)), key=b"k")
+    finally:
+        await producer.stop()
+
+    events = await read_topic(kafka, topics["events"], expect=11, timeout_s=60)
+    wanted = ["ev-1"] + [f"ev-{i}" for i in range(10, 20)]
+    assert sorted(loads(e.value)["event_id"] for e in events) == sorted(wanted)
+    dead = await read_topic(kafka, topics["events.dlq"], expect=2)
+    dlq = {int(header_dict(d.headers)["dlq.source.offset"]): d for d in dead}
+    big, too_large = dlq[md_big.offset], dlq[md_huge.offset]
+    hb = header_dict(big.headers)
+    assert hb["dlq.value.truncated"] == "1048000" and big.value == big_invalid[:len(big.value)]
+    assert len(big.value) < len(big_invalid) and hb["dlq.error.code"] in ("missing", "unknown_field")
+    ht = header_dict(too_large.headers)
+    assert ht["dlq.error.code"] == "too_large"
+    assert too_large.value == dumps(huge)  # 600 kB: small enough to keep whole
+    assert "dlq.value.truncated" not in ht
+    ready = httpx.get(f"{svc.url}/readyz")
+    assert ready.status_code == 200, ready.text
+
+
+async def _set_topic_config(kafka, topic: str, configs: dict[str, str]) -> None:
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs)])
+    finally:
+        await admin.close()
+
+
+async def test_a_bridge_that_cannot_produce_fails_readiness_and_stops_promptly(
+        service_env, topics, kafka, tmp_path):
+    port = free_port()
+    env = {**service_env, "INGEST_PORT": str(port), "INGEST_BRIDGE_STALL_AFTER_S": "3",
+           "INGEST_PRODUCE_TIMEOUT_S": "3"}
+    svc = ServiceProcess("services.ingest", env, port=port, log_dir=tmp_path).start()
+    producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all")
+    await producer.start()
+    try:
+        # `events` now refuses every record (too large for it): the bridge can only retry
+        await _set_topic_config(kafka, topics["events"], {"max.message.bytes": "64"})
+        await producer.send_and_wait(topics["events.raw"], dumps(txn(1)), key=b"k")
+        wait_until(lambda: httpx.get(f"{svc.url}/readyz").status_code == 503, 30, "readyz 503")
+        body = httpx.get(f"{svc.url}/readyz").json()
+        assert body["checks"] == {"kafka": True, "raw_bridge": False}
+        assert body["problems"]["raw_bridge"].startswith("producing to Kafka has failed for")
+        assert httpx.get(f"{svc.url}/healthz").status_code == 200
+
+        # fixed: the same batch goes through, nothing lost, ready again
+        await _set_topic_config(kafka, topics["events"], {"max.message.bytes": "1048588"})
+        events = await read_topic(kafka, topics["events"], expect=1, timeout_s=30)
+        assert [loads(e.value)["event_id"] for e in events] == ["ev-1"]
+        wait_until(lambda: httpx.get(f"{svc.url}/readyz").status_code == 200, 30, "readyz 200 again")
+
+        # stuck again; SIGTERM ends the retry loop at once, and the batch stays uncommitted
+        await _set_topic_config(kafka, topics["events"], {"max.message.bytes": "64"})
+        await producer.send_and_wait(topics["events.raw"], dumps(txn(2)), key=b"k")
+        wait_until(lambda: httpx.get(f"{svc.url}/readyz").status_code == 503, 30, "readyz 503 again")
+        t0 = time.monotonic()
+        assert svc.stop() == -signal.SIGTERM  # uvicorn re-raises the signal after a clean shutdown
+        assert time.monotonic() - t0 < 8, f"SIGTERM took {time.monotonic() - t0:.1f} s"
+        assert "did not stop cleanly" not in svc.log_path.read_text()
+        await _set_topic_config(kafka, topics["events"], {"max.message.bytes": "1048588"})
+        svc.start()
+        events = await read_topic(kafka, topics["events"], expect=2, timeout_s=30)
+        assert sorted(loads(e.value)["event_id"] for e in events) == ["ev-1", "ev-2"]
+    finally:
+        await producer.stop()
+        svc.stop()

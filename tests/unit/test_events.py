@@ -1,12 +1,12 @@
 """Event validation against the spec, envelopes, labels, and the topic catalogue."""
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from shared.errors import ValidationFailed
-from shared.events import Event, EventValidator, Label, derived_event_id, label_id
+from shared.events import REASON_CODES, Event, EventValidator, Label, LabelIn, derived_event_id, label_id
 from shared.spec import load_spec, parse_spec
 from shared.topics import CATALOGUE, Topics
 
@@ -153,3 +153,73 @@ def test_topic_prefix_gets_a_separator():
     for prefix in ("t1234abcd.", "acme-", "acme_", ""):
         assert Topics(prefix)["events"] == prefix + "events"
         assert Topics(prefix).group("ingest", "raw") == prefix + "loopline.ingest.raw"
+
+
+# ---------------------------------------------------------------- event time against the clock, schemas
+
+def test_event_time_more_than_max_ahead_of_the_clock_is_refused_with_code_future():
+    ahead = timedelta(seconds=300)
+    ok = V.envelope(V.validate({**GOOD, "ts": "2026-11-26T12:04:59Z"}), source="http", ingested_at=NOW)
+    V.check_not_future(ok, now=NOW, max_ahead=ahead)  # 299 s ahead: fine (clocks drift)
+    for ts in ("2026-11-26T12:05:01Z", "9999-12-31T23:59:59Z", "2026-11-26T13:05:01+01:00"):
+        record = V.envelope(V.validate({**GOOD, "ts": ts}), source="http", ingested_at=NOW)
+        with pytest.raises(ValidationFailed) as err:
+            V.check_not_future(record, now=NOW, max_ahead=ahead)
+        assert err.value.errors[0]["field"] == "ts" and err.value.reason_code == "future"
+        assert "ahead of the receiving service's clock" in err.value.errors[0]["reason"]
+
+
+def test_label_observed_ahead_of_the_clock_is_refused_and_the_default_is_the_clock():
+    ahead = timedelta(seconds=300)
+    late = V.label({"event_id": "e-1", "value": 1, "observed_at": "2026-11-26T12:10:00Z"},
+                   source="http", now=NOW)
+    with pytest.raises(ValidationFailed) as err:
+        V.check_not_future(late, now=NOW, max_ahead=ahead)
+    assert (err.value.errors[0]["field"], err.value.reason_code) == ("observed_at", "future")
+    default = V.label({"event_id": "e-1", "value": 1}, source="http", now=NOW)
+    assert default["occurred_at"] == "2026-11-26T12:00:00Z"
+    V.check_not_future(default, now=NOW, max_ahead=ahead)
+    assert "decides lateness" in LabelIn.model_fields["observed_at"].description
+
+
+@pytest.mark.parametrize("ts", [1764150000, 1764150000.5, "1764150000", True, "2026-11-26", "noon"])
+def test_timestamps_are_rfc3339_strings_not_numbers(ts):
+    assert errors_of({**GOOD, "ts": ts}) == {("ts", "wrong_type")}
+    with pytest.raises(ValidationFailed) as err:
+        V.label({"event_id": "e-1", "value": 1, "observed_at": ts}, source="http", now=NOW)
+    assert err.value.errors[0]["field"] == "observed_at" and err.value.reason_code == "wrong_type"
+
+
+def test_timestamps_outside_the_representable_range_are_an_error_not_a_crash():
+    assert errors_of({**GOOD, "ts": "9999-12-31T23:59:59-01:00"}) == {("ts", "wrong_type")}
+
+
+def test_numeric_bounds_are_json_schema_minimum_and_maximum():
+    amount = V.model.model_json_schema()["properties"]["amount"]
+    assert (amount["minimum"], amount["maximum"]) == (0, 50000) and "ge" not in amount and "le" not in amount
+
+
+@pytest.mark.parametrize("label, accepted, refused", [
+    ({"type": "binary"}, [True, False, 0, 1], [2, "yes", 0.5, None]),
+    ({"type": "multiclass", "classes": ["a", "b"]}, ["a", "b"], ["c", 1, True]),
+    ({"type": "regression"}, [0, 1.5, -3], ["1", True, None]),
+])
+def test_label_value_schema_says_what_the_label_type_accepts(label, accepted, refused):
+    v = EventValidator(SPEC)
+    v.label_spec = SPEC.label.model_copy(update=label)
+    schema = v.label_input_schema()["properties"]["value"]
+    for value in accepted:
+        v.label({"event_id": "e", "value": value}, source="http", now=NOW)
+        if "enum" in schema:
+            assert value in schema["enum"]
+    for value in refused:
+        with pytest.raises(ValidationFailed):
+            v.label({"event_id": "e", "value": value}, source="http", now=NOW)
+        if "enum" in schema:
+            assert not any(value == x and type(value) is type(x) for x in schema["enum"])
+    if v.label_spec.type == "regression":
+        assert schema["type"] == "number"
+
+
+def test_new_reason_codes_are_in_the_bounded_set():
+    assert {"future", "too_large", "empty"} <= REASON_CODES

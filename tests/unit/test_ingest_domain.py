@@ -1,13 +1,16 @@
 """Ingest's pure logic: body decoding and batch checks."""
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from aiokafka import ConsumerRecord
 
-from services.ingest.domain import BadRequest, check_events, check_labels, check_raw, decode_body
+from services.ingest.domain import (
+    NO_EVENTS, BadRequest, Limits, check_events, check_labels, check_raw, decode_body,
+)
 from shared.events import EventValidator, derived_event_id
 from shared.serialization import dumps, loads
-from shared.spec import load_spec
+from shared.spec import load_spec, parse_spec
 
 V = EventValidator(load_spec("examples/fraud/pipeline.yaml"))
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
@@ -27,7 +30,10 @@ def test_decode_object_array_and_ndjson():
     (b"{", "application/json", 400),
     (b'{"amount": NaN}', "application/json", 400),
     (b"[]", "application/json", 422),
+    (b"", "application/json", 422),
+    (b"  \n", "", 422),
     (b"\n\n", "application/x-ndjson", 422),
+    (b"", "application/x-ndjson", 422),
     (b"a,b", "text/csv", 415),
     (dumps([GOOD] * 11), "application/json", 413),
     (b"\n".join([dumps(GOOD)] * 11), "application/x-ndjson", 413),
@@ -68,3 +74,49 @@ def test_raw_records_get_a_stable_id_or_a_reason():
     assert tomb.error.reason_code == "not_an_object"
     label = check_raw(V, _record(dumps({"event_id": "e1", "value": 3}), "labels.raw"), "label", NOW)
     assert label.error is not None and "binary label" in str(label.error)
+
+
+def test_no_records_is_one_clear_reason():
+    for body, ctype in ((b"[]", "application/json"), (b"", "application/json"),
+                        (b"\n", "application/x-ndjson")):
+        with pytest.raises(BadRequest, match=NO_EVENTS):
+            decode_body(body, ctype, 10)
+
+
+def test_event_times_ahead_of_the_clock_are_rejected_per_record_on_both_paths():
+    limits = Limits(max_future=timedelta(seconds=300))
+    future = {**GOOD, "ts": "9999-12-31T23:59:59Z"}
+    soon = {**GOOD, "ts": "2026-11-26T12:04:00Z"}  # 4 minutes ahead: within the allowance
+    checked = check_events(V, [GOOD, future, soon], source="http", now=NOW, limits=limits)
+    assert len(checked.accepted) == 2
+    assert [(r.index, r.field, r.code) for r in checked.rejected] == [(1, "ts", "future")]
+    raw = check_raw(V, _record(dumps(future)), "event", NOW, limits)
+    assert raw.outgoing is None and raw.error.reason_code == "future"
+    label = {"event_id": "e1", "value": 1, "observed_at": "2026-11-26T12:06:00Z"}
+    checked = check_labels(V, [label], source="http", now=NOW, limits=limits)
+    assert [r.code for r in checked.rejected] == ["future"]
+    raw_label = check_raw(V, _record(dumps(label), "labels.raw"), "label", NOW, limits)
+    assert raw_label.error.reason_code == "future"
+
+
+# The fraud spec bounds every string; without max_length on the entity key an event can outgrow Kafka's
+# 1 MiB record limit (the entity is in the key, in `entity` and in `data`).
+UNBOUNDED = EventValidator(parse_spec(
+    Path("examples/fraud/pipeline.yaml").read_text().replace("user_id: {type: string, max_length: 64}",
+                                                             "user_id: {type: string}")))
+
+
+def test_records_over_the_size_limit_are_rejected_per_record_with_code_too_large():
+    limits = Limits(max_record_bytes=100_000)
+    big = {**GOOD, "user_id": "u" * 40_000}  # about 120 kB as key + entity + data.user_id
+    checked = check_events(UNBOUNDED, [GOOD, big], source="http", now=NOW, limits=limits)
+    assert len(checked.accepted) == 1
+    [rejection] = checked.rejected
+    assert (rejection.index, rejection.field, rejection.code) == (1, "", "too_large")
+    assert "the limit is 100000" in rejection.reason
+    raw = check_raw(UNBOUNDED, _record(dumps(big)), "event", NOW, limits)
+    assert raw.outgoing is None and raw.error.reason_code == "too_large"
+    assert check_raw(UNBOUNDED, _record(dumps(GOOD)), "event", NOW, limits).outgoing is not None
+    # the default limit (512 KiB) stays below what the producer and broker take (~1 MiB)
+    huge = {**GOOD, "user_id": "u" * 400_000}
+    assert check_events(UNBOUNDED, [huge], source="http", now=NOW).rejected[0].code == "too_large"
