@@ -97,7 +97,7 @@ class LabelIn(Wire):
         "When the outcome became known (RFC 3339; without an offset, UTC). It decides lateness: a label "
         "observed more than the spec's label.max_delay after its event is not joined (dead letter "
         "`late_label`). Defaults to ingest's clock on arrival, so backfilled labels must carry it. At "
-        "most INGEST_MAX_FUTURE_S (default 300 s) ahead of ingest's clock (else code `future`)"))
+        "most LOOPLINE_MAX_FUTURE_S (default 300 s) ahead of ingest's clock (else code `future`)"))
     entity: str | None = Field(None, max_length=256, description="Entity of the event, if known")
 
 

@@ -69,4 +69,8 @@ class ServiceSettings(BaseSettings):
         "'.' is added unless it ends in '.', '-' or '_' (acme -> acme.events)",
     )
     log_level: str = Field("INFO", validation_alias="LOOPLINE_LOG_LEVEL")
+    max_future_s: float = Field(
+        300.0, ge=0, validation_alias="LOOPLINE_MAX_FUTURE_S",
+        description="Event times and labels' observed_at further ahead of the service's clock are refused "
+                    "(code `future`): one such event would make every later event of its entity late")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)

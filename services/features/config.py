@@ -30,7 +30,6 @@ class FeaturesSettings(ServiceSettings):
                                                               "this long later, even if a clean stop hangs")
     cache_events: int = Field(2_000_000, ge=1000, description="Events of decoded entity states kept in memory")
     cache_entities: int = Field(20_000, ge=10, description="Decoded entity states kept in memory")
-    max_future_s: float = Field(300.0, ge=0, description="Events further ahead of the worker's clock are dead-lettered")
     join_wall_grace_s: float = Field(
         86_400.0, ge=0, description="Join entries are forgotten this long after max_delay has passed on the worker's "
                                     "clock, labelled or not (the label clock expires them sooner)")

@@ -50,7 +50,7 @@ def _event_schema(ctx: Any) -> dict[str, Any]:
     schema = ctx.validator.model.model_json_schema()
     time_field = schema["properties"][ctx.validator.time_field]
     time_field["description"] = (
-        "Event time (RFC 3339; without an offset, UTC). At most INGEST_MAX_FUTURE_S "
+        "Event time (RFC 3339; without an offset, UTC). At most LOOPLINE_MAX_FUTURE_S "
         f"({ctx.limits.max_future.total_seconds():g} s here) ahead of ingest's clock, else code `future`")
     return schema
 

@@ -22,10 +22,6 @@ class IngestSettings(ServiceSettings):
         512 * 1024, ge=1024, le=MAX_RECORD_BYTES,
         description="A record larger than this on Kafka (key + value) is rejected with code too_large "
                     "(HTTP) or dead-lettered (raw bridge)")
-    max_future_s: float = Field(
-        300.0, ge=0,
-        description="Event times (and labels' observed_at) further ahead of this service's clock are "
-                    "rejected with code future")
     bridge_stall_after_s: float = Field(
         60.0, gt=0,
         description="/readyz fails when the raw bridge has failed to produce, or made no progress "

@@ -1,7 +1,7 @@
 """Schemathesis hooks for tests/integration/test_ingest_openapi.py (loaded through SCHEMATHESIS_HOOKS).
 
 One rule of ingest cannot be written in JSON Schema: an event time (the spec's time field) or a
-label's `observed_at` may be at most INGEST_MAX_FUTURE_S ahead of ingest's clock (code `future`). The
+label's `observed_at` may be at most LOOPLINE_MAX_FUTURE_S ahead of ingest's clock (code `future`). The
 schema's descriptions say so; this hook keeps generated times out of the future so that a request
 schemathesis considers valid is valid. Only well-formed future times change, so negative cases stay
 negative.
