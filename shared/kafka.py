@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -10,8 +11,10 @@ from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.partitioner import DefaultPartitioner
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from shared.errors import LooplineError
 from shared.settings import KafkaSettings
@@ -36,8 +39,9 @@ def make_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**kafka.client_kwargs(), **options)
 
 
-def make_consumer(kafka: KafkaSettings, *topics: str, group_id: str, **overrides: Any) -> AIOKafkaConsumer:
-    """Consumer that never auto-commits: callers commit after the work a batch covers is done."""
+def make_consumer(kafka: KafkaSettings, *topics: str, group_id: str | None, **overrides: Any) -> AIOKafkaConsumer:
+    """Consumer that never auto-commits: callers commit after the work a batch covers is done
+    (group_id None: no group, e.g. a reader that assigns partitions itself)."""
     options: dict[str, Any] = {
         "group_id": group_id,
         "enable_auto_commit": False,
@@ -50,8 +54,9 @@ def make_consumer(kafka: KafkaSettings, *topics: str, group_id: str, **overrides
 
 
 async def ensure_topics(kafka: KafkaSettings, topics: Topics, names: Iterable[str] | None = None,
-                        timeout_s: float = 60.0) -> list[str]:
-    """Create the catalogue's topics that do not exist yet (all of them by default); return those created."""
+                        timeout_s: float = 60.0, partitions: Mapping[str, int] | None = None) -> list[str]:
+    """Create the catalogue's topics that do not exist yet (all of them by default); return those
+    created. `partitions` overrides the catalogue's count per name (runtime topics follow their tables)."""
     wanted = list(names) if names is not None else topics.all()
     admin = AIOKafkaAdminClient(**kafka.client_kwargs())
     deadline = time.monotonic() + timeout_s
@@ -71,7 +76,8 @@ async def ensure_topics(kafka: KafkaSettings, topics: Topics, names: Iterable[st
         new = []
         for name in missing:
             spec = topics.spec_of(name)
-            new.append(NewTopic(name, spec.partitions, kafka.replication_factor, topic_configs=spec.configs()))
+            count = (partitions or {}).get(name, spec.partitions)
+            new.append(NewTopic(name, count, kafka.replication_factor, topic_configs=spec.configs()))
         resp = await admin.create_topics(new)
         for topic_error in resp.topic_errors:
             topic, code = topic_error[0], topic_error[1]
@@ -206,36 +212,86 @@ def header_dict(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
     return {k: v.decode(errors="replace") for k, v in (headers or ())}
 
 
-BatchHandler = Callable[[list[ConsumerRecord]], Awaitable[None]]
+class ConsumerStopped(LooplineError):
+    """Raised by a handler asked to stop before its batch is done: the batch is not committed."""
 
 
-async def consume_batches(consumer: AIOKafkaConsumer, handle: BatchHandler, *,
-                          stop: asyncio.Event, timeout_ms: int = 500,
-                          on_idle: Callable[[], None] | None = None) -> None:
-    """At-least-once loop: fetch a batch, let `handle` finish all its work, then commit it.
-
-    A crash before the commit means the batch is fetched again after restart, never skipped.
-    """
-    while not stop.is_set():
-        batches = await consumer.getmany(timeout_ms=timeout_ms)
-        if not batches:
-            if on_idle:
-                on_idle()
-            continue
-        records = [r for part in batches.values() for r in part]
-        await handle(records)
-        offsets = {tp: recs[-1].offset + 1 for tp, recs in batches.items()}
-        await consumer.commit(offsets)
+Offsets = Mapping[TopicPartition, int]
+# handle(records) does the work of a fetch (records may be empty: a poll that brought nothing) and
+# returns the offsets to commit now, or None to commit the fetch's own records.
+BatchHandler = Callable[[list[ConsumerRecord]], Awaitable[Offsets | None]]
 
 
-async def committed_lag(consumer: AIOKafkaConsumer) -> int:
-    """Records between the committed position and the end of each assigned partition."""
-    parts: set[TopicPartition] = consumer.assignment()
+async def run_consumer(kafka: KafkaSettings, topics: Sequence[str], group_id: str, handle: BatchHandler, *,
+                       stop: asyncio.Event, name: str, poll_ms: int = 500,
+                       session: Callable[[AIOKafkaConsumer], contextlib.AbstractAsyncContextManager[Any]] | None = None,
+                       **consumer_options: Any) -> None:
+    """The at-least-once loop of Loopline's plain consumers (ingest's raw bridge, the offline writer).
+
+    Fetch, let `handle` finish all its work, commit; so a crash before the commit means the batch is
+    fetched again after restart, never skipped. After a broker error or a rebalance that took the
+    partitions away (CommitFailedError) the consumer is closed and started again with exponential
+    backoff (0.5 s doubling to 10 s; tenacity), resuming from the last commit. `session(consumer)`,
+    if given, is entered around each consumer's life (e.g. a lag watcher). Returns when `stop` is set
+    or a handler raises ConsumerStopped; any other error propagates (the service crashes loudly)."""
+
+    async def sleep(seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+
+    def restarting(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("consumer restarts", extra={"consumer": name, "error": repr(exc), "attempt": state.attempt_number})
+
+    async def one_life() -> None:
+        consumer = make_consumer(kafka, *topics, group_id=group_id, **consumer_options)
+        try:
+            await consumer.start()
+            async with (session(consumer) if session else contextlib.nullcontext()):
+                while not stop.is_set():
+                    batches = await consumer.getmany(timeout_ms=poll_ms)
+                    records = [r for part in batches.values() for r in part]
+                    offsets = await handle(records)
+                    if offsets is None:
+                        offsets = {tp: recs[-1].offset + 1 for tp, recs in batches.items()}
+                    if offsets:
+                        await consumer.commit(dict(offsets))
+        finally:
+            await consumer.stop()
+
+    retrying = AsyncRetrying(retry=retry_if_exception_type((KafkaError, CommitFailedError)),
+                             wait=wait_exponential(multiplier=0.5, max=10.0), sleep=sleep,
+                             before_sleep=restarting, reraise=True)
+    try:
+        async for attempt in retrying:
+            with attempt:
+                if not stop.is_set():
+                    await one_life()
+    except ConsumerStopped:
+        log.info("consumer stopped with a batch in hand; it is read again after a restart", extra={"consumer": name})
+
+
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str, attempts: int = 100) -> set[int]:
+    """The topic's partitions, fetching metadata for a topic the consumer does not subscribe to."""
+    for _ in range(attempts):
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return parts
+        await consumer._client.force_metadata_update()  # noqa: SLF001 - metadata of an unsubscribed topic
+        await asyncio.sleep(0.1)
+    raise LooplineError(f"topic {topic} not found")
+
+
+async def lags(consumer: AIOKafkaConsumer, parts: Iterable[TopicPartition] | None = None,
+               *, fetched: bool = False) -> int:
+    """Records after the group's committed offsets over `parts` (default: the assignment); with
+    `fetched`, after the consumer's fetch positions instead (what it has not even fetched yet)."""
+    parts = list(consumer.assignment() if parts is None else parts)
     if not parts:
         return 0
-    ends = await consumer.end_offsets(list(parts))
+    ends = await consumer.end_offsets(parts)
     lag = 0
     for tp in parts:
-        committed = await consumer.committed(tp)
-        lag += max(0, ends[tp] - (committed or 0))
+        done = await consumer.position(tp) if fetched else (await consumer.committed(tp) or 0)
+        lag += max(0, ends[tp] - done)
     return lag

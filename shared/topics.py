@@ -5,6 +5,7 @@ checks that every topic a service touches is in this catalogue.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -23,6 +24,8 @@ class TopicSpec:
     compacted: bool = False
     retention_ms: int | None = 7 * DAY_MS
     description: str = ""
+    # For topics the stream runtime names per app and table: the real name (prefix removed) matches it.
+    pattern: str | None = None
 
     def configs(self) -> dict[str, str]:
         """Kafka topic configs for creation."""
@@ -54,6 +57,10 @@ CATALOGUE: dict[str, TopicSpec] = {
                   retention_ms=None, description="The model registry log"),
         TopicSpec("predictions", ev.Prediction, "entity key (event_id without entities)", 6,
                   description="Every prediction with model version and features used"),
+        TopicSpec("stream.changelog", None, "as the table's", 6, compacted=True, retention_ms=None,
+                  pattern=r"loopline\.[a-z][a-z0-9_-]*\.[A-Za-z0-9_-]+\.[a-z][a-z0-9-]*\.changelog",
+                  description="A stream table's changelog (shared.stream): '<app id>.<table>.changelog', partitions "
+                              "as the table's source topics"),
         TopicSpec("alerts", ev.Alert, "alert fingerprint", 1, compacted=True, retention_ms=None,
                   description="Monitor findings; a resolve reuses the firing alert's key"),
     ]
@@ -70,16 +77,30 @@ class Topics:
         self.prefix = prefix
 
     def __getitem__(self, base: str) -> str:
-        if base not in CATALOGUE:
+        if base not in CATALOGUE or CATALOGUE[base].pattern:
             raise KeyError(f"topic '{base}' is not in the catalogue (shared/topics.py)")
         return self.prefix + base
 
     def spec_of(self, name: str) -> TopicSpec:
-        """Catalogue entry of a real (prefixed) topic name."""
-        return CATALOGUE[name.removeprefix(self.prefix)]
+        """Catalogue entry of a real (prefixed) topic name; KeyError if it has none."""
+        if not name.startswith(self.prefix):
+            raise KeyError(f"topic '{name}' does not have the prefix '{self.prefix}'")
+        base = name.removeprefix(self.prefix)
+        spec = CATALOGUE.get(base)
+        if spec is not None and not spec.pattern:
+            return spec
+        for spec in CATALOGUE.values():
+            if spec.pattern and re.fullmatch(spec.pattern, base):
+                return spec
+        raise KeyError(f"topic '{name}' is not in the catalogue (shared/topics.py)")
 
     def all(self) -> list[str]:
-        return [self.prefix + name for name in CATALOGUE]
+        """The real names of the catalogue's fixed topics (not the per-app runtime topics)."""
+        return [self.prefix + name for name, spec in CATALOGUE.items() if not spec.pattern]
+
+    def changelog(self, app_id: str, table: str) -> str:
+        """The changelog topic of a stream app's table (`app_id` is prefixed already, see group)."""
+        return f"{app_id}.{table}.changelog"
 
     def group(self, service: str, purpose: str = "main") -> str:
         """Consumer group name for a service (prefixed like topics)."""

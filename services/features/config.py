@@ -6,28 +6,18 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import ServiceSettings
+from shared.stream import StreamSettings
 
 
-class FeaturesSettings(ServiceSettings):
+class FeaturesSettings(StreamSettings):
     model_config = SettingsConfigDict(env_prefix="FEATURES_", extra="ignore", populate_by_name=True)
 
-    host: str = "127.0.0.1"
     port: int = Field(8002, ge=1, le=65535, description="HTTP port for /healthz, /readyz, /metrics")
     data_dir: Path = Field(Path("var/features"), description="Local table store (RocksDB) of this worker")
-    rocksdb_write_buffer_mib: int = Field(4, ge=1, description="RocksDB write buffer per table partition (x2)")
-    rocksdb_block_cache_mib: int = Field(8, ge=1, description="RocksDB block cache per table partition")
     offline_url: str = Field("var/offline", description="Offline store (Parquet) path or file:// URL")
     offline: bool = Field(True, description="Write events, snapshots and examples to the offline store")
     offline_flush_rows: int = Field(20_000, ge=1, description="Rows buffered before a Parquet write")
     offline_flush_s: float = Field(10.0, gt=0, description="Longest wait before a Parquet write")
-    session_timeout_s: float = Field(20.0, gt=0, description="Group session timeout: how soon a dead worker's partitions move")
-    commit_interval_s: float = Field(1.0, gt=0, description="Offset commit interval of the stream")
-    stall_after_s: float = Field(60.0, gt=0, description="/readyz fails when lag stands still this long")
-    output_timeout_s: float = Field(60.0, gt=0, description="The worker stops when the broker leaves output "
-                                                            "unacknowledged this long (it restarts from its last commit)")
-    shutdown_timeout_s: float = Field(30.0, gt=0, description="After SIGTERM/SIGINT the process exits at the latest "
-                                                              "this long later, even if a clean stop hangs")
     cache_events: int = Field(2_000_000, ge=1000, description="Events of decoded entity states kept in memory")
     cache_entities: int = Field(20_000, ge=10, description="Decoded entity states kept in memory")
     join_wall_grace_s: float = Field(

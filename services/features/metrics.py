@@ -1,7 +1,8 @@
-"""All Prometheus metrics of the feature service (own registry per app)."""
+"""All Prometheus metrics of the feature service (own registry per app). The stream runtime adds
+loopline_features_lag_records and loopline_features_last_progress_timestamp_seconds to it."""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from shared.metrics import LATENCY_BUCKETS
 
@@ -22,8 +23,5 @@ class FeaturesMetrics:
                                 registry=r)
         self.expired = Counter("loopline_features_join_expired_total", "Join entries expired, by kind",
                                ["kind"], registry=r)  # snapshot (never labelled) | label (event unseen) | joined | late_label
-        self.lag = Gauge("loopline_features_lag_records", "Events not yet committed", registry=r)
-        self.last_progress = Gauge("loopline_features_last_progress_timestamp_seconds",
-                                   "When the committed position last advanced (or lag was 0)", registry=r)
         self.offline_rows = Counter("loopline_features_offline_rows_total", "Rows written to the offline store",
                                     ["dataset"], registry=r)

@@ -6,16 +6,17 @@ written (a crash rewrites a range, and readers drop repeated event ids).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
-from aiokafka import ConsumerRecord
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka import ConsumerRecord, TopicPartition
 
 from services.features.config import FeaturesSettings
 from services.features.metrics import FeaturesMetrics
-from shared.kafka import make_consumer
+from shared.kafka import run_consumer
 from shared.offline import Dataset, OfflineStore, flatten
 from shared.serialization import loads
 from shared.topics import Topics
@@ -43,33 +44,32 @@ class OfflineWriter:
             self.store.write(dataset, rows, part)
             self.metrics.offline_rows.labels(dataset).inc(len(rows))
 
-    async def run(self, app: Any = None) -> None:
-        """Consume and write until cancelled; restart the consumer after broker errors."""
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume and write until `stop`; commit only what the Parquet files written cover."""
         s = self.settings
-        while True:
-            consumer = make_consumer(s.kafka, *self.datasets, group_id=self.group)
-            try:
-                await consumer.start()
-                buffer: list[ConsumerRecord] = []
-                offsets: dict = {}
-                started = time.monotonic()
-                while True:
-                    batches = await consumer.getmany(timeout_ms=500)
-                    for tp, recs in batches.items():
-                        buffer.extend(recs)
-                        offsets[tp] = recs[-1].offset + 1
-                    due = time.monotonic() - started >= s.offline_flush_s
-                    if buffer and (len(buffer) >= s.offline_flush_rows or due):
-                        await asyncio.to_thread(self.write, buffer)
-                        await consumer.commit(offsets)
-                        buffer, offsets = [], {}
-                    if due or not buffer:
-                        started = time.monotonic()
-            except CommitFailedError as exc:
-                log.warning("offline commit failed after a rebalance; the range is rewritten",
-                            extra={"error": str(exc)})
-            except KafkaError as exc:
-                log.warning("offline writer consumer error; restarting", extra={"error": repr(exc)})
-                await asyncio.sleep(1.0)
-            finally:
-                await consumer.stop()
+        buffer: list[ConsumerRecord] = []
+        offsets: dict[TopicPartition, int] = {}
+        started = time.monotonic()
+
+        async def handle(records: list[ConsumerRecord]) -> dict[TopicPartition, int]:
+            nonlocal buffer, offsets, started
+            for r in records:
+                buffer.append(r)
+                offsets[TopicPartition(r.topic, r.partition)] = r.offset + 1
+            due = time.monotonic() - started >= s.offline_flush_s
+            if not buffer or not (len(buffer) >= s.offline_flush_rows or due):
+                if not buffer:
+                    started = time.monotonic()
+                return {}
+            await asyncio.to_thread(self.write, buffer)
+            done, buffer, offsets, started = offsets, [], {}, time.monotonic()
+            return done
+
+        @contextlib.asynccontextmanager
+        async def fresh(_: Any) -> AsyncIterator[None]:
+            nonlocal buffer, offsets
+            buffer, offsets = [], {}  # after a restart the uncommitted range is read (and written) again
+            yield
+
+        await run_consumer(s.kafka, list(self.datasets), self.group, handle, stop=stop, name="offline writer",
+                           session=fresh)

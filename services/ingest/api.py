@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from services.ingest.domain import BadRequest, Checked, Rejection, check_events, check_labels, decode_body
 from shared.errors import KafkaUnavailable
-from shared.metrics import render
+from shared.http import ops_router
 from shared.serialization import utcnow
 
 
@@ -36,13 +36,6 @@ class IngestResult(BaseModel):
 
 class Problem(BaseModel):
     detail: str
-
-
-class Readiness(BaseModel):
-    ready: bool
-    checks: dict[str, bool] = Field(description="kafka: the broker answers; raw_bridge: the bridge runs "
-                                                "and makes progress")
-    problems: dict[str, str] = Field(default_factory=dict, description="Why a failing check fails")
 
 
 def _event_schema(ctx: Any) -> dict[str, Any]:
@@ -154,29 +147,15 @@ def build_router(ctx: Any) -> APIRouter:
     async def post_labels(request: Request) -> Response:
         return await ingest(request, "label", check_labels)
 
-    @router.get("/healthz", summary="Process is alive")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @router.get("/readyz", summary="Kafka reachable and the raw bridge running and making progress",
-                responses={200: {"model": Readiness, "description": "Ready"},
-                           503: {"model": Readiness, "description": "Not ready; `problems` says why"}})
-    async def readyz() -> Response:
+    def readiness() -> dict[str, Any]:
         problems = {}
         if not ctx.publisher.ready:
             problems["kafka"] = "the broker does not answer"
         if ctx.bridge is not None and (problem := ctx.bridge.problem()) is not None:
             problems["raw_bridge"] = problem
         checks = {"kafka": "kafka" not in problems, "raw_bridge": "raw_bridge" not in problems}
-        ok = not problems
-        return JSONResponse({"ready": ok, "checks": checks, "problems": problems},
-                            status_code=200 if ok else 503)
+        return {"ready": not problems, "checks": checks, "problems": problems}
 
-    @router.get("/metrics", summary="Prometheus metrics (text exposition format)", response_class=Response,
-                responses={200: {"description": "Prometheus text format",
-                                 "content": {"text/plain": {"schema": {"type": "string"}}}}})
-    async def metrics_endpoint() -> Response:
-        body, content_type = render(metrics.registry)
-        return Response(body, media_type=content_type)
-
+    router.include_router(ops_router(readiness, metrics.registry,
+                                     "Kafka reachable and the raw bridge running and making progress"))
     return router

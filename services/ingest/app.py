@@ -56,6 +56,11 @@ async def _supervise(ctx: IngestContext, stop: asyncio.Event) -> None:
             await bridge_task
 
 
+def limits_of(settings: IngestSettings) -> Limits:
+    """The per-record rules of these settings."""
+    return Limits(max_record_bytes=settings.max_record_bytes, max_future=timedelta(seconds=settings.max_future_s))
+
+
 def create_app(settings: IngestSettings | None = None) -> FastAPI:
     settings = settings or IngestSettings()
     spec = load_spec(settings.spec_path)
@@ -63,8 +68,7 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
     topics = Topics(settings.topic_prefix)
     validator = EventValidator(spec)
     publisher = Publisher(settings.kafka, settings.produce_timeout_s)
-    limits = Limits(max_record_bytes=settings.max_record_bytes,
-                    max_future=timedelta(seconds=settings.max_future_s))
+    limits = limits_of(settings)
     ctx = IngestContext(settings, spec, validator, topics, publisher, metrics, limits)
     if settings.raw_bridge:
         ctx.bridge = RawBridge(settings.kafka, topics, validator, publisher, metrics, limits,

@@ -12,12 +12,12 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import KafkaError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from services.ingest.domain import DEFAULT_LIMITS, Limits, check_raw
@@ -25,7 +25,7 @@ from services.ingest.metrics import IngestMetrics
 from services.ingest.publisher import Publisher
 from shared.errors import KafkaUnavailable
 from shared.events import EventValidator
-from shared.kafka import consume_batches, dead_letter, make_consumer
+from shared.kafka import ConsumerStopped, dead_letter, lags, run_consumer
 from shared.serialization import utcnow
 from shared.settings import KafkaSettings
 from shared.topics import Topics
@@ -35,10 +35,6 @@ SERVICE = "ingest"
 # After SIGTERM, a produce already in flight gets this long to be acknowledged before it is abandoned
 # (its batch stays uncommitted and is read again after the restart).
 STOP_GRACE_S = 1.0
-
-
-class BridgeStopped(Exception):
-    """The bridge was asked to stop before a batch was done; the batch must not be committed."""
 
 
 @dataclass
@@ -96,7 +92,9 @@ class RawBridge:
     async def handle(self, records: list[ConsumerRecord]) -> None:
         """Validate a batch and produce it; retry (never skip) while Kafka is unavailable.
 
-        Raises BridgeStopped if asked to stop before the batch is acknowledged (it stays uncommitted)."""
+        Raises ConsumerStopped if asked to stop before the batch is acknowledged (it stays uncommitted)."""
+        if not records:
+            return
         now = utcnow()
         kinds, limits = self.kinds, self.limits
         outcomes = [check_raw(self.validator, r, kinds[r.topic], now, limits)  # type: ignore[arg-type]
@@ -134,7 +132,7 @@ class RawBridge:
         async for attempt in retrying:
             with attempt:
                 if self._stop.is_set():
-                    raise BridgeStopped
+                    raise ConsumerStopped
                 await self._unless_stopped(
                     asyncio.gather(*(self.publisher.publish(t, recs) for t, recs in by_topic.items())))
 
@@ -152,7 +150,7 @@ class RawBridge:
             await asyncio.wait_for(self._stop.wait(), seconds)
 
     async def _unless_stopped(self, aw: Awaitable[Any]) -> Any:
-        """Await `aw`; if stop is set first, give it STOP_GRACE_S, then cancel it and raise BridgeStopped."""
+        """Await `aw`; if stop is set first, give it STOP_GRACE_S, then cancel it and raise ConsumerStopped."""
         task = asyncio.ensure_future(aw)
         stopping = asyncio.ensure_future(self._stop.wait())
         try:
@@ -160,7 +158,7 @@ class RawBridge:
             if not task.done():
                 await asyncio.wait({task}, timeout=STOP_GRACE_S)
             if not task.done():
-                raise BridgeStopped
+                raise ConsumerStopped
             return task.result()
         finally:
             stopping.cancel()
@@ -172,53 +170,32 @@ class RawBridge:
     async def run(self, group_id: str, stop: asyncio.Event) -> None:
         """Consume until `stop`; restart the consumer after broker errors, resuming from the last commit."""
         self._stop = stop
-        while not stop.is_set():
-            consumer = make_consumer(self.kafka, *self.kinds, group_id=group_id)
-            try:
-                await consumer.start()
-                self.running = True
-                self.health.last_progress = time.monotonic()
-                watch = asyncio.create_task(self._watch(consumer, stop))
-                try:
-                    await consume_batches(consumer, self.handle, stop=stop)
-                finally:
-                    watch.cancel()
-            except BridgeStopped:
-                log.info("bridge stopped with a batch in hand; it is read again after a restart")
-            except CommitFailedError as exc:
-                # A rebalance took the partitions away; their new owner re-reads the uncommitted batch.
-                log.warning("commit failed after rebalance", extra={"error": str(exc)})
-            except KafkaError as exc:
-                log.warning("bridge consumer error; restarting", extra={"error": repr(exc)})
-                await self._sleep_unless_stopped(1.0)
-            finally:
-                self.running = False
-                await consumer.stop()
+        await run_consumer(self.kafka, list(self.kinds), group_id, self.handle, stop=stop, name="raw bridge",
+                           session=self._session)
+
+    @contextlib.asynccontextmanager
+    async def _session(self, consumer: AIOKafkaConsumer) -> AsyncIterator[None]:
+        """While a consumer runs: the bridge counts as running, and its lag is sampled."""
+        self.running = True
+        self.health.last_progress = time.monotonic()
+        watch = asyncio.create_task(self._watch(consumer, self._stop))
+        try:
+            yield
+        finally:
+            self.running = False
+            watch.cancel()
 
     async def _watch(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
-        """Sample lag: committed (the metric) and not yet fetched (for the readiness check)."""
+        """Sample lag: committed (the metric) and not yet fetched (for the readiness check). The second
+        ignores what is fetched but in hand (the batch checks cover that) and stays 0 on an idle bridge
+        even when transaction markers keep the committed offset one short of the end."""
         interval = min(5.0, self.health.stall_after_s / 4)
         while not stop.is_set():
             try:
-                committed, behind = await asyncio.wait_for(_lags(consumer), timeout=max(interval, 2.0))
+                committed, behind = await asyncio.wait_for(
+                    asyncio.gather(lags(consumer), lags(consumer, fetched=True)), timeout=max(interval, 2.0))
                 self.metrics.bridge_lag.set(committed)
                 self.health.sampled(behind, time.monotonic())
             except (KafkaError, asyncio.TimeoutError):
                 pass
             await self._sleep_unless_stopped(interval)
-
-
-async def _lags(consumer: AIOKafkaConsumer) -> tuple[int, int]:
-    """(records after the committed offsets, records after the fetch positions) over the assignment.
-
-    The second ignores what is fetched but in hand (the batch checks cover that) and stays 0 on an idle
-    bridge even when transaction markers keep the committed offset one short of the end."""
-    parts = list(consumer.assignment())
-    if not parts:
-        return 0, 0
-    ends = await consumer.end_offsets(parts)
-    committed = behind = 0
-    for tp in parts:
-        committed += max(0, ends[tp] - (await consumer.committed(tp) or 0))
-        behind += max(0, ends[tp] - await consumer.position(tp))
-    return committed, behind

@@ -122,26 +122,31 @@ def _bounded(out: Outgoing, limit: int) -> Outgoing:
     return out
 
 
+def to_outgoing(validator: EventValidator, item: Any, kind: Kind, *, source: str, now: datetime,
+                limits: Limits = DEFAULT_LIMITS, event_id: str | None = None) -> Outgoing:
+    """One event (spec fields, optional event_id) or label (LabelIn) as the record to produce;
+    ValidationFailed if it breaks the spec or the limits. Every path in (HTTP, raw topics, replay)
+    goes through here. `event_id` is used for an event sent without one (default: a new id)."""
+    if kind == "label":
+        record = validator.label(item, source=source, now=now)
+        key = record["target_event_id"].encode()
+    else:
+        record = validator.envelope(validator.validate(item), source=source, ingested_at=now, event_id=event_id)
+        key = validator.kafka_key(record)
+    validator.check_not_future(record, now=now, max_ahead=limits.max_future)
+    return _bounded(Outgoing(key, dumps(record), record["event_id"]), limits.max_record_bytes)
+
+
 def check_events(validator: EventValidator, items: list[Any], *, source: str, now: datetime,
                  limits: Limits = DEFAULT_LIMITS) -> Checked:
     """Good items become `Event` records keyed by entity (GLOBAL_KEY without entities)."""
-    def to_outgoing(item: Any) -> Outgoing:
-        record = validator.envelope(validator.validate(item), source=source, ingested_at=now)
-        validator.check_not_future(record, now=now, max_ahead=limits.max_future)
-        return _bounded(Outgoing(validator.kafka_key(record), dumps(record), record["event_id"]),
-                        limits.max_record_bytes)
-    return _check(items, to_outgoing)
+    return _check(items, lambda item: to_outgoing(validator, item, "event", source=source, now=now, limits=limits))
 
 
 def check_labels(validator: EventValidator, items: list[Any], *, source: str, now: datetime,
                  limits: Limits = DEFAULT_LIMITS) -> Checked:
     """Good items become `Label` records keyed by the event id they refer to."""
-    def to_outgoing(item: Any) -> Outgoing:
-        record = validator.label(item, source=source, now=now)
-        validator.check_not_future(record, now=now, max_ahead=limits.max_future)
-        return _bounded(Outgoing(record["target_event_id"].encode(), dumps(record), record["event_id"]),
-                        limits.max_record_bytes)
-    return _check(items, to_outgoing)
+    return _check(items, lambda item: to_outgoing(validator, item, "label", source=source, now=now, limits=limits))
 
 
 @dataclass
@@ -163,17 +168,8 @@ def check_raw(validator: EventValidator, record: ConsumerRecord, kind: Kind, now
         except ValueError as exc:
             raise ValidationFailed([{"field": "", "code": "invalid_json",
                                      "reason": f"value is not valid JSON: {exc}"}]) from None
-        if kind == "label":
-            checked = validator.label(item, source="kafka", now=now)
-            key = checked["target_event_id"].encode()
-        else:
-            fields = validator.validate(item)
-            checked = validator.envelope(
-                fields, source="kafka", ingested_at=now,
-                event_id=derived_event_id(record.topic, record.partition, record.offset))
-            key = validator.kafka_key(checked)
-        validator.check_not_future(checked, now=now, max_ahead=limits.max_future)
-        out = _bounded(Outgoing(key, dumps(checked), checked["event_id"]), limits.max_record_bytes)
+        out = to_outgoing(validator, item, kind, source="kafka", now=now, limits=limits,
+                          event_id=derived_event_id(record.topic, record.partition, record.offset))
     except ValidationFailed as exc:
         return RawOutcome(record, kind, error=exc)
     return RawOutcome(record, kind, outgoing=out)

@@ -19,7 +19,7 @@ def txn(i: int, **extra) -> dict:
 
 
 def replay(service_env, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.features.replay", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "services.ingest.replay", *args], cwd=ROOT,
                           env={**os.environ, **service_env}, capture_output=True, text=True,
                           timeout=120)
 

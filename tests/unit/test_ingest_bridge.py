@@ -7,7 +7,8 @@ import time
 import pytest
 from aiokafka import ConsumerRecord
 
-from services.ingest.bridge import STOP_GRACE_S, BridgeHealth, BridgeStopped, RawBridge
+from services.ingest.bridge import STOP_GRACE_S, BridgeHealth, RawBridge
+from shared.kafka import ConsumerStopped
 from services.ingest.domain import Limits
 from services.ingest.metrics import IngestMetrics
 from shared.errors import KafkaUnavailable
@@ -76,7 +77,7 @@ async def test_stop_ends_the_retry_loop_promptly_and_leaves_the_batch_uncommitte
     assert not task.done()
     stop.set()
     t0 = time.monotonic()
-    with pytest.raises(BridgeStopped):  # consume_batches commits only after handle returns
+    with pytest.raises(ConsumerStopped):  # consume_batches commits only after handle returns
         await asyncio.wait_for(task, 2.0)
     assert time.monotonic() - t0 < 0.5
     assert counter(b, "loopline_ingest_accepted_total", source="kafka", kind="event") == 0
@@ -90,7 +91,7 @@ async def test_stop_abandons_a_produce_that_hangs_after_a_short_grace():
     await asyncio.sleep(0.2)
     stop.set()
     t0 = time.monotonic()
-    with pytest.raises(BridgeStopped):
+    with pytest.raises(ConsumerStopped):
         await asyncio.wait_for(task, STOP_GRACE_S + 2.0)
     assert time.monotonic() - t0 < STOP_GRACE_S + 0.5
 
@@ -107,7 +108,7 @@ async def test_readiness_reports_a_bridge_that_keeps_failing_to_produce():
     assert problem is not None and problem.startswith("producing to Kafka has failed for")
     assert "did not acknowledge" in problem
     stop.set()
-    with pytest.raises(BridgeStopped):
+    with pytest.raises(ConsumerStopped):
         await task
     b.running = False
     assert b.problem() == "the raw bridge's consumer is not running"

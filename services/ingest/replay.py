@@ -1,11 +1,11 @@
 """Replay: re-read a time or offset range of a topic, or a Parquet/CSV/NDJSON file, and feed it
 through the pipeline again (into the `events` topic, or with --labels into `labels`).
 
-    python -m services.features.replay --topic events --start 2026-01-01T00:00Z --end 2026-01-02T00:00Z
-    python -m services.features.replay --topic events.dlq --from-offset 0 --to-offset 500
-    python -m services.features.replay --file var/offline/events        (a Parquet dataset folder)
-    python -m services.features.replay --file history.csv --dry-run
-    python -m services.features.replay --labels --file outcomes.ndjson
+    python -m services.ingest.replay --topic events --start 2026-01-01T00:00Z --end 2026-01-02T00:00Z
+    python -m services.ingest.replay --topic events.dlq --from-offset 0 --to-offset 500
+    python -m services.ingest.replay --file var/offline/events        (a Parquet dataset folder)
+    python -m services.ingest.replay --file history.csv --dry-run
+    python -m services.ingest.replay --labels --file outcomes.ndjson
         (one label per line: {"event_id": "...", "value": true, "observed_at": "2026-01-01T10:42:00Z"})
 
 Labels: `observed_at` (when the outcome became known) decides whether a label is within the spec's
@@ -33,11 +33,13 @@ from typing import Any
 import pandas as pd
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from services.ingest.app import limits_of
+from services.ingest.config import IngestSettings
+from services.ingest.domain import Kind, to_outgoing
 from shared.errors import ValidationFailed
 from shared.events import EventValidator, derived_event_id
-from shared.kafka import make_producer
-from shared.serialization import dumps, loads, parse_time, utcnow
-from shared.settings import ServiceSettings
+from shared.kafka import make_consumer, make_producer, partitions_of
+from shared.serialization import loads, parse_time, utcnow
 from shared.spec import load_spec
 from shared.topics import Topics
 
@@ -77,28 +79,24 @@ class Progress:
         self.out.flush()
 
 
-def to_label(validator: EventValidator, src: Source, now: datetime) -> dict[str, Any]:
-    """A `Label` record (dict) for a replayed label: a LabelIn, or a Label record from `labels`."""
+def raw_item(src: Source, kind: Kind) -> Any:
+    """What a client would have sent for a replayed record: records read back from `events` or
+    `labels` are turned into their input shape (event fields + event_id; LabelIn)."""
     value = src.value
-    if isinstance(value, dict) and value.get("type") == "label" and "target_event_id" in value:
-        value = {"event_id": value["target_event_id"], "value": value["value"],
-                 "observed_at": value["occurred_at"], "entity": value.get("entity")}
-    if isinstance(value, dict) and not value.get("observed_at"):
-        raise ValidationFailed([{"field": "observed_at", "code": "missing", "reason": (
-            "a replayed label needs observed_at: without it the label counts as observed now and is "
-            "dead-lettered as late when its event is older than the spec's label.max_delay")}])
-    return validator.label(value, source="replay", now=now)
-
-
-def to_event(validator: EventValidator, src: Source, now: datetime) -> dict[str, Any]:
-    """An `Event` record (dict) for a replayed source, validated again."""
-    value = src.value
-    if isinstance(value, dict) and "data" in value and "event_id" in value and "type" in value:
-        raw = {**value["data"], "event_id": value["event_id"]}  # an Event envelope from the events topic
-    else:
-        raw = value
-    fields = validator.validate(raw)
-    return validator.envelope(fields, source="replay", ingested_at=now, event_id=src.origin_id)
+    if not isinstance(value, dict):
+        return value
+    if kind == "label":
+        if value.get("type") == "label" and "target_event_id" in value:
+            value = {"event_id": value["target_event_id"], "value": value["value"],
+                     "observed_at": value["occurred_at"], "entity": value.get("entity")}
+        if not value.get("observed_at"):
+            raise ValidationFailed([{"field": "observed_at", "code": "missing", "reason": (
+                "a replayed label needs observed_at: without it the label counts as observed now and is "
+                "dead-lettered as late when its event is older than the spec's label.max_delay")}])
+        return value
+    if "data" in value and "event_id" in value and "type" in value:
+        return {**value["data"], "event_id": value["event_id"]}  # an Event envelope from the events topic
+    return value
 
 
 def read_file(path: Path) -> Iterator[Source]:
@@ -136,7 +134,7 @@ def _plain(v: Any) -> Any:
 async def topic_range(consumer: AIOKafkaConsumer, topic: str, start: datetime | None, end: datetime | None,
                       from_offset: int | None, to_offset: int | None) -> dict[TopicPartition, tuple[int, int]]:
     """Per partition [first, last) offsets: by record timestamps (start/end) or by offsets."""
-    parts = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic))]
+    parts = [TopicPartition(topic, p) for p in sorted(await partitions_of(consumer, topic))]
     first = await consumer.beginning_offsets(parts)
     last = await consumer.end_offsets(parts)
     lo, hi = dict(first), dict(last)
@@ -177,23 +175,13 @@ async def read_range(consumer: AIOKafkaConsumer,
                 remaining.discard(tp)
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    for _ in range(50):
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return parts
-        await consumer._client.force_metadata_update()  # noqa: SLF001 - metadata for an unsubscribed topic
-        await asyncio.sleep(0.1)
-    raise SystemExit(f"topic {topic} not found")
-
-
-async def replay(args: argparse.Namespace, settings: ServiceSettings) -> int:
+async def replay(args: argparse.Namespace, settings: IngestSettings) -> int:
     spec = load_spec(settings.spec_path)
     validator = EventValidator(spec)
     topics = Topics(settings.topic_prefix)
-    target = topics["labels" if args.labels else "events"]
-    convert = to_label if args.labels else to_event
-    kind = "labels" if args.labels else "events"
+    kind: Kind = "label" if args.labels else "event"
+    target = topics[f"{kind}s"]
+    limits = limits_of(settings)
     producer = None if args.dry_run else make_producer(settings.kafka)
     if producer is not None:
         await producer.start()
@@ -204,15 +192,15 @@ async def replay(args: argparse.Namespace, settings: ServiceSettings) -> int:
 
     async def handle(src: Source) -> None:
         try:
-            record = convert(validator, src, now)
+            out = to_outgoing(validator, raw_item(src, kind), kind, source="replay", now=now, limits=limits,
+                              event_id=src.origin_id)
         except ValidationFailed as exc:
             progress.step(False)  # type: ignore[union-attr]
             if len(errors) < 20:
                 errors.append(f"{src.origin}: {exc}")
             return
         if producer is not None:
-            key = record["target_event_id"].encode() if args.labels else validator.kafka_key(record)
-            pending.append(await producer.send(target, dumps(record), key=key))
+            pending.append(await producer.send(target, out.value, key=out.key))
         progress.step(True)  # type: ignore[union-attr]
 
     try:
@@ -224,7 +212,7 @@ async def replay(args: argparse.Namespace, settings: ServiceSettings) -> int:
         else:
             start = parse_time(args.start) if args.start else None
             end = parse_time(args.end) if args.end else None
-            consumer = AIOKafkaConsumer(**settings.kafka.client_kwargs(), enable_auto_commit=False)
+            consumer = make_consumer(settings.kafka, group_id=None)
             await consumer.start()
             try:
                 bounds = await topic_range(consumer, topics[args.topic], start, end,
@@ -244,7 +232,7 @@ async def replay(args: argparse.Namespace, settings: ServiceSettings) -> int:
     for line in errors:
         print(f"invalid: {line}", file=sys.stderr)
     verb = "would replay" if args.dry_run else f"replayed into {target}:"
-    print(f"{verb} {progress.done - progress.bad} {kind}; {progress.bad} invalid")
+    print(f"{verb} {progress.done - progress.bad} {kind}s; {progress.bad} invalid")
     return 0
 
 
@@ -263,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.file and any(v is not None for v in (args.start, args.end, args.from_offset, args.to_offset)):
         parser.error("--start/--end/--from-offset/--to-offset go with --topic")
-    return asyncio.run(replay(args, ServiceSettings()))
+    return asyncio.run(replay(args, IngestSettings()))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+"""The operational HTTP routes every service serves: /healthz, /readyz, /metrics."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.metrics import render
+
+
+class Readiness(BaseModel):
+    """What /readyz answers (a service may add fields, e.g. lag)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    ready: bool
+    checks: dict[str, bool] = Field(description="Each readiness condition and whether it holds")
+    problems: dict[str, str] = Field(default_factory=dict, description="Why a failing check fails")
+
+
+def ops_router(readiness: Callable[[], dict[str, Any]], registry: CollectorRegistry, what: str) -> APIRouter:
+    """Routes for liveness, readiness (`readiness()` returns a Readiness dict) and Prometheus metrics;
+    `what` says in the OpenAPI summary what ready means for this service."""
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz", summary="Process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz", summary=what, responses={
+        200: {"model": Readiness, "description": "Ready"},
+        503: {"model": Readiness, "description": "Not ready; `checks` and `problems` say why"}})
+    async def readyz() -> Response:
+        state = readiness()
+        return JSONResponse(state, status_code=200 if state["ready"] else 503)
+
+    @router.get("/metrics", summary="Prometheus metrics (text exposition format)", response_class=Response,
+                responses={200: {"description": "Prometheus text format",
+                                 "content": {"text/plain": {"schema": {"type": "string"}}}}})
+    async def metrics() -> Response:
+        body, content_type = render(registry)
+        return Response(body, media_type=content_type)
+
+    return router
