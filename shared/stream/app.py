@@ -66,6 +66,7 @@ Handler = Callable[[Batch, dict[str, BatchTable]], "Output | list[OutRecord]"]
 @dataclass
 class _Stream:
     name: str
+    topics: tuple[str, ...]
     handler: Handler
     tables: dict[str, BatchTable]
 
@@ -186,7 +187,7 @@ class StreamApp(faust.App):
 
     def stream(self, name: str, topics: Sequence[str], handler: Handler, tables: Sequence[BatchTable] = ()) -> None:
         """Call `handler(batch, tables)` for every fetch of new records of `topics`."""
-        stream = _Stream(name, handler, {t.table.name: t for t in tables})
+        stream = _Stream(name, tuple(topics), handler, {t.table.name: t for t in tables})
         self.streams.append(stream)
         source = self.topic(*topics, key_type=bytes, value_type=bytes, key_serializer="raw",
                             value_serializer="raw")
@@ -337,8 +338,8 @@ class StreamApp(faust.App):
                   "progressing": not stalled,
                   "lag_known": p.lag >= 0 and now - p.read_at < s.stall_after_s + LAG_INTERVAL_S,
                   "output_acknowledged": self.consumer.oldest_in_flight_s() < s.stall_after_s}
-        sources = set(self.source_topics())
-        assigned = sum(1 for tp in self.consumer.assignment() if tp.topic in sources)
+        assignment = self.consumer.assignment()
+        assigned = {stream.name: sum(1 for tp in assignment if tp.topic in stream.topics) for stream in self.streams}
         return {"ready": all(checks.values()), "lag": p.lag, "assigned": assigned, "checks": checks}
 
     async def _track_lag(self) -> None:

@@ -181,8 +181,8 @@ async def test_two_workers_share_partitions_and_take_over_without_loss(kafka, to
 def _assigned(w: ServiceProcess) -> int:
     """Partitions of the events topic assigned to a worker."""
     try:
-        return int(httpx.get(f"{w.url}/readyz", timeout=2).json().get("assigned", 0))
-    except (httpx.HTTPError, ValueError):
+        return int(httpx.get(f"{w.url}/readyz", timeout=2).json()["assigned"]["features"])
+    except (httpx.HTTPError, ValueError, KeyError):
         return 0
 
 

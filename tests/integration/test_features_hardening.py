@@ -136,7 +136,7 @@ async def test_a_global_stream_with_a_busy_window_is_exact_and_its_records_stay_
         assert f["reading_sum_24h"] == pytest.approx(sum(readings[:i]), rel=1e-12)
         assert f["kind_distinct_1h"] == min(i, 3)
     w.stop()
-    changelog = f"{topics.group('features', 'defs-' + spec.feature_hash())}-entity-state-changelog"
+    changelog = topics.changelog(topics.group("features", "defs-" + spec.feature_hash()), "entity-state")
     sizes = [len(r.value or b"") for r in await read_topic(kafka, changelog, idle_s=3)]
     assert len(sizes) > n and max(sizes) < 4000  # a seen record per event, heads (<= 31 events), chunks
     log = w.log_path.read_text(errors="replace")
