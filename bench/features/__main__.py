@@ -8,8 +8,8 @@ For the fraud example's 13 features (examples/fraud/pipeline.yaml):
  1. throughput of `python -m services.features` (a real faust worker process) draining N pre-produced
     Event envelopes: events/s from the first to the N-th snapshot on `<prefix>features`;
  2. side by side, a bare aiokafka consume -> compute -> produce loop in its own process doing the same
-    per-event work (orjson, engine load/apply/dump, 3 records sent per fetch through the batch API,
-    ack wait, commit);
+    per-event work (decode, services.features.domain.process_event, snapshot and state records sent
+    per fetch through the batch API, ack wait, commit);
  3. freshness: ingest acknowledgement (HTTP 202) -> snapshot on `features`, at a steady rate through
     `python -m services.ingest`, in rounds of a worker run and a bare-loop run (order alternating) after
     an unreported warm-up run;

@@ -9,12 +9,12 @@ from datetime import datetime
 from typing import Any
 
 from bench.common import ROOT
+from bench.features.per_event import MemoryKV, new_store, process
 from examples.fraud.generate import GeneratorConfig, generate
-from services.features.domain import entity_key, process_event
 from shared.events import EventValidator
-from shared.features import FeatureEngine
+from shared.features import FeatureEngine, parse_state_key
 from shared.kafka import make_producer
-from shared.serialization import dumps, loads, utcnow
+from shared.serialization import dumps, utcnow
 from shared.settings import KafkaSettings
 from shared.spec import load_spec
 
@@ -39,20 +39,18 @@ class Data:
         """The per-event work in this process, no Kafka: the ceiling of a one-process Python worker.
 
         Also counts the snapshots the stream must emit (late events are dead-lettered, not snapshotted)."""
-        states: dict[bytes, bytes] = {}
+        store, kv = new_store(self.engine), MemoryKV()
         statuses: Counter = Counter()
+        now = time.time()
         t0 = time.perf_counter()
-        for key, value in self.items:
-            record = loads(value)
-            k = entity_key(record).encode()
-            out = process_event(self.engine, states.get(k), record)
+        for _, value in self.items:
+            _, out = process(store, kv, 0, value, now)
             statuses[out.status] += 1
-            if out.state is not None:
-                states[k] = out.state
-            if out.snapshot is not None:
-                dumps(out.snapshot)
         secs = time.perf_counter() - t0
-        sizes = [len(s) for s in states.values()]
+        per_entity: Counter = Counter()
+        for key, value in kv.items():
+            per_entity[parse_state_key(key)[0]] += len(value)
+        sizes = list(per_entity.values())  # an entity's state: its head, chunk and seen records
         return {"events": len(self.items), "seconds": secs, "events_per_s": len(self.items) / secs,
                 "statuses": dict(statuses), "snapshots": statuses["new"] + statuses["duplicate"],
                 "state_bytes_mean": sum(sizes) / len(sizes), "state_bytes_max": max(sizes)}

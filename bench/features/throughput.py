@@ -26,10 +26,11 @@ worker: `python -m services.features` (faust, offline writer off unless noted), 
   snapshots.by-event and writes two table entries per snapshot: the join entry and its expiry-index key).
 bare loop: a separate process (multiprocessing spawn, default asyncio loop like the worker) on the same
   pre-produced topic: shared.kafka.make_consumer (own group, manual commit per batch, 1000 records/poll), per
-  event orjson loads + services.features.domain.process_event (engine.load/apply/dump, the worker's function)
-  + 3 records (features, snapshots.by-event keyed by event_id, state bytes to a compacted topic) sent like the
-  worker sends them (aiokafka's batch API: one record batch per topic partition per fetch; acks=all), then
-  await every ack of the batch and commit.
+  event services.features.domain.decode_event + process_event (the worker's functions, on a FeatureStore with
+  the worker's cache sizes over a dict per partition) + 2 records (features, snapshots.by-event keyed by
+  event_id); per batch one record per state key written (head, chunk, seen records; the last write of each)
+  to a compacted topic; all sent like the worker sends them (aiokafka's batch API: one record batch per topic
+  partition per fetch; acks=all), then await every ack of the batch and commit.
   It has no label join, no RocksDB, no metrics: the same per-event work as the worker's first agent."""
 
 
