@@ -8,5 +8,6 @@ profile     `--profile`: py-spy on a separate worker drain, aggregated
 harness     what every figure uses: the worker process, fresh topics, the label-join wait, child processes
 data        the fraud example's events as Event envelopes, and producing them
 bare_loop   the worker's peer: a bare aiokafka consume -> compute -> produce loop (a child process)
+per_event   the worker's per-event work outside the worker (the bare loop's and the in-process ceiling's)
 http_load   the lean HTTP client the freshness load is sent with
 """
