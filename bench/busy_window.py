@@ -1,8 +1,7 @@
-#!/usr/bin/env python
 """One entity with a busy window: cost per event and record sizes at 1k, 10k, 100k and 1M events
 in the entity's 24 h window (a global stream without entity is exactly this).
 
-    .venv/bin/python bench/busy_window.py [--sizes 1000,10000,100000,1000000] [--measure 20000]
+    .venv/bin/python -m bench.busy_window [--sizes 1000,10000,100000,1000000] [--measure 20000]
         [--peer-ref REV] [--peer-max 60000] [--json]
 
 For each size N: one entity's events arrive in time order, N of them per 21.6 h (so the 24 h
@@ -23,21 +22,16 @@ import json
 import random
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from rocksdict import Options, Rdict
 
-from rocksdict import Options, Rdict  # noqa: E402
-
-from bench.common import machine, table  # noqa: E402
-from shared.features import FeatureEngine, FeatureStore  # noqa: E402
-from shared.serialization import dumps  # noqa: E402
-from shared.spec import parse_spec  # noqa: E402
+from bench.common import ROOT, machine, table
+from shared.features import FeatureEngine, FeatureStore
+from shared.serialization import dumps
+from shared.spec import parse_spec
 
 SPEC = parse_spec("""
 name: busy
@@ -168,7 +162,8 @@ def run_peer(module, n_window: int, measure: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.busy_window", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,10000,100000,1000000")
     parser.add_argument("--measure", type=int, default=20_000, help="events timed per size")
     parser.add_argument("--peer-ref", default=DEFAULT_PEER_REF)

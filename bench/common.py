@@ -1,7 +1,7 @@
-"""Helpers shared by the benchmarks (not a benchmark itself: run directly it does nothing).
+"""Helpers shared by the benchmarks (not a benchmark itself).
 
-A benchmark is a plain script under bench/ that deploy/run-bench.sh runs with
-KAFKA_BOOTSTRAP_SERVERS pointing at a throwaway broker; it prints its figures as a table.
+A benchmark is a module under bench/, run as `python -m bench.<name>`; deploy/run-bench.sh runs
+each with KAFKA_BOOTSTRAP_SERVERS pointing at a throwaway broker; it prints its figures as tables.
 """
 from __future__ import annotations
 
@@ -19,25 +19,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `python bench/x.py` puts bench/ first on sys.path, not the repo
-    sys.path.insert(0, str(ROOT))
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
-from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
-
-from shared.settings import KafkaSettings  # noqa: E402
+from deploy.procs import ROOT  # noqa: F401  (the benchmarks' repository root)
+from shared.settings import KafkaSettings
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------- environment
 
-def require_kafka(bench: str) -> KafkaSettings:
+def require_kafka(module: str) -> KafkaSettings:
     """The broker from KAFKA_BOOTSTRAP_SERVERS, or exit with how to get one."""
     if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        sys.exit(f"{bench}: KAFKA_BOOTSTRAP_SERVERS is not set. Run the benchmarks with `make bench`, or this one "
-                 f"with `deploy/with-kafka.sh .venv/bin/python {bench}` (a throwaway broker).")
+        sys.exit(f"{module}: KAFKA_BOOTSTRAP_SERVERS is not set. Run the benchmarks with `make bench`, or "
+                 f"this one with `deploy/with-kafka.sh .venv/bin/python -m {module}` (a throwaway broker).")
     return KafkaSettings()
 
 
@@ -177,22 +173,19 @@ class CpuMeter:
 # ---------------------------------------------------------------- Kafka observation
 
 class OffsetWatcher:
-    """Reads end offsets of topics and committed offsets of consumer groups (no group of its own)."""
+    """Reads end offsets of topics (no consumer group of its own)."""
 
     def __init__(self, kafka: KafkaSettings):
         self.kafka = kafka
         self.consumer = AIOKafkaConsumer(**kafka.client_kwargs(), enable_auto_commit=False)
-        self.admin = AIOKafkaAdminClient(**kafka.client_kwargs())
         self._parts: dict[str, list[TopicPartition]] = {}
 
     async def __aenter__(self) -> OffsetWatcher:
         await self.consumer.start()
-        await self.admin.start()
         return self
 
     async def __aexit__(self, *exc) -> None:
         await self.consumer.stop()
-        await self.admin.close()
 
     async def partitions(self, topic: str) -> list[TopicPartition]:
         if topic not in self._parts:
@@ -211,10 +204,6 @@ class OffsetWatcher:
         """Sum of the partitions' end offsets (records ever written, for a topic without compaction)."""
         ends = await self.consumer.end_offsets(await self.partitions(topic))
         return sum(ends.values())
-
-    async def committed(self, group: str, topic: str) -> int:
-        offsets = await self.admin.list_consumer_group_offsets(group)
-        return sum(m.offset for tp, m in offsets.items() if tp.topic == topic and m.offset >= 0)
 
     async def wait_end(self, topic: str, target: int, timeout_s: float, poll_s: float = 0.02
                        ) -> list[tuple[float, int]]:
@@ -264,6 +253,3 @@ def spread(values: Sequence[float]) -> str:
     """'min..max' of repeated measurements."""
     return f"{min(values):,.0f}..{max(values):,.0f}" if values else ""
 
-
-if __name__ == "__main__":  # deploy/run-bench.sh runs every bench/*.py; this module has no figures of its own
-    pass

@@ -1,12 +1,11 @@
-#!/usr/bin/env python
 """Ingest throughput: events/s acknowledged through HTTP (single events, batches of 500) and the
 direct-Kafka path (events.raw -> bridge -> events), side by side with a bare aiokafka producer
 sending the same Event envelope bytes with the same producer settings (the peer of the HTTP paths)
 and a bare aiokafka relay consuming raw records, parsing them and producing them on, committing after
 the acks (the peer of the direct path).
 
-    deploy/with-kafka.sh .venv/bin/python bench/ingest.py [--events N] [--rounds R] [--json]
-    make bench        (deploy/run-bench.sh: every bench/*.py against a throwaway broker)
+    deploy/with-kafka.sh .venv/bin/python -m bench.ingest [--events N] [--rounds R] [--json]
+    make bench        (deploy/run-bench.sh: every benchmark against a throwaway broker)
 
 The ingest service runs as a real separate process (`python -m services.ingest`); the load
 generator runs in this process; both (and the broker) share this machine's cores.
@@ -21,27 +20,23 @@ import os
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import httpx
+import orjson
+from aiokafka.partitioner import DefaultPartitioner
 
-import httpx  # noqa: E402
-import orjson  # noqa: E402
-from aiokafka.partitioner import DefaultPartitioner  # noqa: E402
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     ROOT, CpuMeter, OffsetWatcher, broker_pid, chunks, event_loop_runner, fast_httpx_without_sniffio,
     fraud_events, machine, median, require_kafka, sigterm_as_exit, spread, table, unique_prefix,
 )
-from shared.events import EventValidator  # noqa: E402
-from shared.kafka import (  # noqa: E402
-    OutRecord, consume_batches, ensure_topics, make_consumer, make_producer, send_batched,
-)
-from shared.serialization import dumps, utcnow  # noqa: E402
-from shared.settings import KafkaSettings  # noqa: E402
-from shared.spec import load_spec  # noqa: E402
-from shared.topics import Topics  # noqa: E402
-from tests.support import ServiceProcess, free_port  # noqa: E402
+from deploy.free_ports import free_port
+from deploy.procs import ServiceProcess
+from shared.events import EventValidator
+from shared.kafka import OutRecord, consume_batches, ensure_topics, make_consumer, make_producer, send_batched
+from shared.serialization import dumps, utcnow
+from shared.settings import KafkaSettings
+from shared.spec import load_spec
+from shared.topics import Topics
 
 SPEC = ROOT / "examples" / "fraud" / "pipeline.yaml"
 JSON_HEADERS = {"content-type": "application/json"}
@@ -471,7 +466,8 @@ def report(rows: list[dict], args: argparse.Namespace) -> dict:
 # ---------------------------------------------------------------- main
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=50_000,
                     help="events per round for the batch, direct and bare paths (default %(default)s)")
     ap.add_argument("--single-events", type=int, default=None,
@@ -504,7 +500,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    kafka = require_kafka("bench/ingest.py")
+    kafka = require_kafka("bench.ingest")
     sigterm_as_exit()
     sniffio_shim = fast_httpx_without_sniffio()
     prefix = unique_prefix("ingest")
@@ -521,11 +517,11 @@ def main(argv: list[str] | None = None) -> int:
     print("The ingest service runs as a separate process (python -m services.ingest); the load generator "
           "runs in this process; they share the cores with the broker.\n", flush=True)
 
+    port = free_port()
     svc = ServiceProcess("services.ingest", {
         "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "LOOPLINE_TOPIC_PREFIX": prefix,
-        "LOOPLINE_SPEC_PATH": str(SPEC), "INGEST_PORT": str(free_port()),
-    })
-    svc.port = int(svc.env["INGEST_PORT"])
+        "LOOPLINE_SPEC_PATH": str(SPEC), "INGEST_PORT": str(port),
+    }, port=port)
     bench = Bench(args, kafka, svc, prefix)
     started = time.perf_counter()
     try:

@@ -10,17 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
+from deploy.procs import KAFKA_SH, ROOT, ServiceProcess
 
-ROOT = Path(__file__).resolve().parent.parent
-KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
 RUN = ROOT / ".run"
 
 
@@ -42,26 +38,6 @@ SERVICES = [
 
 def say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
-
-
-def start(svc: Service, base_env: dict[str, str]) -> subprocess.Popen:
-    log = open(RUN / "logs" / f"{svc.name}.log", "ab")
-    return subprocess.Popen([sys.executable, "-m", svc.module], cwd=ROOT, env={**base_env, **svc.env},
-                            stdout=log, stderr=subprocess.STDOUT)
-
-
-def wait_ready(svc: Service, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{svc.name} exited ({proc.returncode}); see .run/logs/{svc.name}.log")
-        try:
-            if httpx.get(f"http://127.0.0.1:{svc.port}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"{svc.name} not ready after {timeout}s; see .run/logs/{svc.name}.log")
 
 
 def wait_caught_up(bootstrap: str, prefix: str, timeout: float = 300) -> None:
@@ -109,13 +85,17 @@ def main() -> int:
     subprocess.run([str(KAFKA_SH), "start"], check=True)
     bootstrap = f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"
     base_env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "LOOPLINE_TOPIC_PREFIX": args.prefix}
-    procs: list[tuple[Service, subprocess.Popen]] = []
+    procs: list[ServiceProcess] = []
     try:
         for svc in SERVICES:
             say(f"starting {svc.name} on :{svc.port}")
-            proc = start(svc, base_env)
-            procs.append((svc, proc))
-            wait_ready(svc, proc)
+            proc = ServiceProcess(svc.module, {**base_env, **svc.env}, port=svc.port,
+                                  log_path=RUN / "logs" / f"{svc.name}.log")
+            procs.append(proc)
+            try:
+                proc.start()
+            except (RuntimeError, TimeoutError) as exc:
+                raise SystemExit(f"{svc.name} did not become ready: {exc}") from None
         say(f"all services ready; topics prefixed '{args.prefix}'; logs in .run/logs/")
         cmd = [sys.executable, "examples/fraud/generate.py", "--events", str(args.events),
                "--ingest-url", "http://127.0.0.1:8001"]
@@ -135,18 +115,14 @@ def main() -> int:
         if args.keep:
             say("running; Ctrl-C stops everything")
             try:
-                while all(p.poll() is None for _, p in procs):
+                while all(p.running for p in procs):
                     time.sleep(1)
             except KeyboardInterrupt:
                 pass
         return 0
     finally:
-        for svc, proc in reversed(procs):
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        for proc in reversed(procs):
+            proc.stop()
         say("services stopped")
         if not kafka_was_up:
             subprocess.run([str(KAFKA_SH), "stop"], check=False)

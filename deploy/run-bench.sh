@@ -1,5 +1,12 @@
 #!/usr/bin/env bash
-# Every benchmark under bench/ against a throwaway real Kafka; each prints its figures.
+# Every benchmark module under bench/ against a throwaway real Kafka; each prints its figures.
+# A failing benchmark does not stop the others; the exit status says whether any failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-deploy/with-kafka.sh bash -c 'for b in bench/*.py; do echo "== $b"; .venv/bin/python "$b"; done'
+deploy/with-kafka.sh bash -c '
+  rc=0
+  for m in bench.busy_window bench.features bench.ingest; do
+    echo "== $m"
+    .venv/bin/python -m "$m" || rc=1
+  done
+  exit $rc'

@@ -1,155 +1,16 @@
-"""Test helpers: a real Kafka broker under the project's script, service processes, topic readers."""
+"""Test helpers: topic readers here; the broker, service processes and wait_until live in deploy/procs.py
+(shared with the benchmarks and the local demo) and are re-exported for the tests."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-import httpx
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from deploy.free_ports import free_port  # noqa: F401  (re-exported for tests and bench)
+from deploy.free_ports import free_port  # noqa: F401  (re-exported for the tests)
+from deploy.procs import ROOT, Broker, ServiceProcess, wait_until  # noqa: F401  (likewise)
 from shared.settings import KafkaSettings
-
-ROOT = Path(__file__).resolve().parent.parent
-KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
-
-
-class Broker:
-    """A real single-node Kafka started with deploy/kafka/kafka.sh on free ports and a temp data dir."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.data = Path(tempfile.mkdtemp(prefix="loopline-test-kafka."))
-        self.env = {**os.environ, "KAFKA_PORT": str(self.port), "KAFKA_CONTROLLER_PORT": str(free_port()),
-                    "KAFKA_DATA_DIR": str(self.data), "KAFKA_HEAP_OPTS": "-Xms128m -Xmx512m"}
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def _run(self, action: str) -> None:
-        subprocess.run([str(KAFKA_SH), action], env=self.env, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    def start(self) -> Broker:
-        for attempt in range(3):
-            try:
-                self._run("start")
-                return self
-            except subprocess.CalledProcessError as exc:
-                reason = (exc.stderr or b"").decode(errors="replace")[-3000:]
-                if attempt == 2:
-                    raise RuntimeError(f"kafka.sh start failed 3 times; last output:\n{reason}") from None
-                print(f"kafka.sh start failed, retrying on other ports:\n{reason}", file=sys.stderr)
-                subprocess.run([str(KAFKA_SH), "stop"], env=self.env, check=False, capture_output=True)
-                shutil.rmtree(self.data, ignore_errors=True)
-                self.__init__()  # fresh ports and data directory
-        raise AssertionError("unreachable")
-
-    def stop(self) -> None:
-        self._run("stop")
-
-    def kill(self) -> None:
-        """SIGKILL the broker (a crash, not a clean stop)."""
-        pid = int((self.data / "kafka.pid").read_text())
-        os.kill(pid, signal.SIGKILL)
-        while _alive(pid):
-            time.sleep(0.05)
-
-    def pause(self) -> None:
-        """SIGSTOP the broker: connections stay open, nothing is answered (a hung broker)."""
-        os.kill(int((self.data / "kafka.pid").read_text()), signal.SIGSTOP)
-
-    def resume(self) -> None:
-        os.kill(int((self.data / "kafka.pid").read_text()), signal.SIGCONT)
-
-    def destroy(self) -> None:
-        try:
-            self.stop()
-        finally:
-            shutil.rmtree(self.data, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie counts as dead
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
-
-
-class ServiceProcess:
-    """A Loopline service run as a real process (`python -m services.<name>`)."""
-
-    def __init__(self, module: str, env: dict[str, str], port: int | None = None, log_dir: Path | None = None,
-                 ready_timeout: float = 60.0):
-        self.module, self.port, self.ready_timeout = module, port, ready_timeout
-        self.env = {**os.environ, **env}
-        self.log_path = (log_dir or Path(tempfile.mkdtemp())) / f"{module.replace('.', '_')}.{time.time_ns()}.log"
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, wait_ready: bool = True) -> ServiceProcess:
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", self.module], cwd=ROOT, env=self.env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        if wait_ready:
-            self.wait_ready()
-        return self
-
-    def wait_ready(self) -> None:
-        wait_until(lambda: self._ready(), self.ready_timeout, f"{self.module} ready (log: {self.log_path})")
-
-    def _ready(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.module} exited with {self.proc.returncode}: {self.tail()}")
-        try:
-            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown hooks run, like a crash."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode if self.proc else None
-
-    def tail(self, n: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
 async def read_topic(kafka: KafkaSettings, topic: str, *, expect: int | None = None,
