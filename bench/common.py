@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from deploy.procs import ROOT  # noqa: F401  (the benchmarks' repository root)
+from shared.kafka import make_consumer
 from shared.settings import KafkaSettings
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -177,7 +178,7 @@ class OffsetWatcher:
 
     def __init__(self, kafka: KafkaSettings):
         self.kafka = kafka
-        self.consumer = AIOKafkaConsumer(**kafka.client_kwargs(), enable_auto_commit=False)
+        self.consumer = make_consumer(kafka, group_id=None)
         self._parts: dict[str, list[TopicPartition]] = {}
 
     async def __aenter__(self) -> OffsetWatcher:

@@ -32,7 +32,7 @@ from bench.common import (
 from deploy.free_ports import free_port
 from deploy.procs import ServiceProcess
 from shared.events import EventValidator
-from shared.kafka import OutRecord, consume_batches, ensure_topics, make_consumer, make_producer, send_batched
+from shared.kafka import OutRecord, ensure_topics, make_producer, run_consumer, send_batched
 from shared.serialization import dumps, utcnow
 from shared.settings import KafkaSettings
 from shared.spec import load_spec
@@ -199,9 +199,7 @@ def relay_main(bootstrap: str, raw_topic: str, out_topic: str, group: str) -> No
 
 
 async def _relay(kafka: KafkaSettings, raw_topic: str, out_topic: str, group: str) -> None:
-    consumer = make_consumer(kafka, raw_topic, group_id=group)
     producer = make_producer(kafka)  # the settings ingest's producer uses
-    await consumer.start()
     await producer.start()
     loads, dumps_ = orjson.loads, orjson.dumps
 
@@ -210,13 +208,12 @@ async def _relay(kafka: KafkaSettings, raw_topic: str, out_topic: str, group: st
         for msg in records:
             event = loads(msg.value)
             out.append(OutRecord(out_topic, event["user_id"].encode(), dumps_(event)))
-        await asyncio.gather(*await send_batched(producer, out))  # every ack before consume_batches commits
+        await asyncio.gather(*await send_batched(producer, out))  # every ack before run_consumer commits
 
-    try:
-        await consume_batches(consumer, handle, stop=asyncio.Event())
+    try:  # the raw bridge's loop (shared.kafka.run_consumer): fetch, handle, commit after the acks
+        await run_consumer(kafka, [raw_topic], group, handle, stop=asyncio.Event(), name="relay")
     finally:
         await producer.stop()
-        await consumer.stop()
 
 
 # ---------------------------------------------------------------- the run

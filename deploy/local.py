@@ -54,11 +54,13 @@ def wait_caught_up(bootstrap: str, prefix: str, timeout: float = 300) -> None:
 
 async def topic_counts(bootstrap: str, prefix: str, names: list[str]) -> dict[str, int]:
     """Records per topic (end minus start offsets over the catalogue's partitions)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
+    from shared.kafka import make_consumer
+    from shared.settings import KafkaSettings
     from shared.topics import CATALOGUE
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = make_consumer(KafkaSettings(bootstrap_servers=bootstrap), group_id=None)
     await consumer.start()
     try:
         out = {}

@@ -2,14 +2,14 @@
 (shared with the benchmarks and the local demo) and are re-exported for the tests."""
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 
 from deploy.free_ports import free_port  # noqa: F401  (re-exported for the tests)
 from deploy.procs import ROOT, Broker, ServiceProcess, wait_until  # noqa: F401  (likewise)
+from shared.kafka import make_consumer, partitions_of
 from shared.settings import KafkaSettings
 
 
@@ -18,13 +18,10 @@ async def read_topic(kafka: KafkaSettings, topic: str, *, expect: int | None = N
                      idle_s: float = 3.0, timeout_s: float = 60.0) -> list[ConsumerRecord]:
     """Every record of a topic from the beginning (no consumer group): until `expect` records are
     read, or `until(records)` holds, or, without either, until nothing new arrived for `idle_s`."""
-    consumer = AIOKafkaConsumer(**kafka.client_kwargs(), enable_auto_commit=False,
-                                auto_offset_reset="earliest", isolation_level="read_committed")
+    consumer = make_consumer(kafka, group_id=None)
     await consumer.start()
     try:
-        parts = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
-        if not parts:
-            parts = [TopicPartition(topic, p) for p in (await _partitions(consumer, topic))]
+        parts = [TopicPartition(topic, p) for p in sorted(await partitions_of(consumer, topic))]
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         out: list[ConsumerRecord] = []
@@ -46,13 +43,3 @@ async def read_topic(kafka: KafkaSettings, topic: str, *, expect: int | None = N
         return out
     finally:
         await consumer.stop()
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    for _ in range(50):
-        await consumer._client.force_metadata_update()  # noqa: SLF001
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return parts
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"topic {topic} has no partitions")

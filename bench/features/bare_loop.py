@@ -14,7 +14,7 @@ from bench.features.per_event import MemoryKV, new_store, process
 from services.features.domain import entity_key
 from shared.features import FeatureEngine
 from shared.kafka import (
-    OutRecord, consume_batches, make_consumer, make_producer, send_batched, wait_for_leaders,
+    OutRecord, make_producer, run_consumer, send_batched, wait_for_leaders,
 )
 from shared.settings import KafkaSettings
 from shared.spec import load_spec
@@ -37,17 +37,17 @@ async def _bare_loop(kafka: KafkaSettings, events_topic: str, out_prefix: str, g
     changelog_t = out_prefix + "entity-state"
     await create_topic(kafka, changelog_t, topics.spec_of(topics["events"]).partitions,
                        {"cleanup.policy": "compact"})
-    consumer = make_consumer(kafka, events_topic, group_id=group)  # manual commit, read_committed, 1000/poll
     # the worker's producer: acks=all (producer_acks=-1), 256 KiB batches, not idempotent (its linger does
     # not apply: send_batched hands over closed record batches)
     producer = make_producer(kafka, linger_ms=5, enable_idempotence=False)
-    await consumer.start()
     await producer.start()
     done = 0
     finished = asyncio.Event()
 
     async def handle(records: list) -> None:
         nonlocal done
+        if not records:
+            return
         out: list[OutRecord] = []
         now = time.time()
         store.new_batch()
@@ -68,11 +68,10 @@ async def _bare_loop(kafka: KafkaSettings, events_topic: str, out_prefix: str, g
         if done >= total:
             finished.set()
 
-    try:
-        await consume_batches(consumer, handle, stop=finished)  # commits each batch after its acks
+    try:  # the loop of the service's plain consumers: commits each batch after its acks
+        await run_consumer(kafka, [events_topic], group, handle, stop=finished, name="bare loop")
     finally:
         await producer.stop()
-        await consumer.stop()
 
 
 async def create_topic(kafka: KafkaSettings, name: str, partitions: int, configs: dict[str, str]) -> None:

@@ -10,7 +10,7 @@ from collections import Counter
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from bench.common import CpuMeter, OffsetWatcher, broker_pid, median, table, unique_prefix
 from bench.features.bare_loop import bare_loop_main
@@ -20,7 +20,7 @@ from bench.features.http_load import HttpPool
 from deploy.free_ports import free_port
 from deploy.procs import ServiceProcess
 from examples.fraud.generate import GeneratorConfig, generate
-from shared.kafka import ensure_topics
+from shared.kafka import ensure_topics, make_consumer
 from shared.settings import KafkaSettings
 from shared.topics import Topics
 
@@ -232,8 +232,7 @@ def snapshot_reader_main(bootstrap: str, topic: str, events_topic: str, conn) ->
 
 
 async def _snapshot_reader(kafka: KafkaSettings, topic: str, events_topic: str, conn) -> None:
-    consumer = AIOKafkaConsumer(**kafka.client_kwargs(), enable_auto_commit=False, fetch_max_wait_ms=100,
-                                isolation_level="read_committed")
+    consumer = make_consumer(kafka, group_id=None, fetch_max_wait_ms=100)
     await consumer.start()
     got: list[tuple[str, float, int]] = []
     events: dict[str, int] = {}
