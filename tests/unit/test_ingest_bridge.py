@@ -11,16 +11,11 @@ from services.ingest.bridge import STOP_GRACE_S, BridgeHealth, BridgeStopped, Ra
 from services.ingest.domain import Limits
 from services.ingest.metrics import IngestMetrics
 from shared.errors import KafkaUnavailable
-from shared.events import EventValidator
 from shared.kafka import DLQ_MAX_VALUE_BYTES, header_dict
 from shared.serialization import dumps, loads
 from shared.settings import KafkaSettings
-from shared.spec import load_spec
 from shared.topics import Topics
-
-V = EventValidator(load_spec("examples/fraud/pipeline.yaml"))
-GOOD = {"user_id": "u1", "amount": 12.5, "merchant_category": "fuel", "country": "DE", "channel": "web",
-        "ts": "2026-11-26T10:00:00Z"}
+from tests.data import TXN as GOOD, VALIDATOR as V
 
 
 class FakePublisher:

@@ -1,6 +1,5 @@
 """Ingest's pure logic: body decoding and batch checks."""
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from aiokafka import ConsumerRecord
@@ -10,12 +9,10 @@ from services.ingest.domain import (
 )
 from shared.events import EventValidator, derived_event_id
 from shared.serialization import dumps, loads
-from shared.spec import load_spec, parse_spec
+from shared.spec import parse_spec
+from tests.data import TXN as GOOD, VALIDATOR as V, fraud_text
 
-V = EventValidator(load_spec("examples/fraud/pipeline.yaml"))
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
-GOOD = {"user_id": "u1", "amount": 12.5, "merchant_category": "fuel", "country": "DE", "channel": "web",
-        "ts": "2026-11-26T10:00:00Z"}
 
 
 def test_decode_object_array_and_ndjson():
@@ -101,9 +98,7 @@ def test_event_times_ahead_of_the_clock_are_rejected_per_record_on_both_paths():
 
 # The fraud spec bounds every string; without max_length on the entity key an event can outgrow Kafka's
 # 1 MiB record limit (the entity is in the key, in `entity` and in `data`).
-UNBOUNDED = EventValidator(parse_spec(
-    Path("examples/fraud/pipeline.yaml").read_text().replace("user_id: {type: string, max_length: 64}",
-                                                             "user_id: {type: string}")))
+UNBOUNDED = EventValidator(parse_spec(fraud_text(user_max_length=None)))
 
 
 def test_records_over_the_size_limit_are_rejected_per_record_with_code_too_large():
