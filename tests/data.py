@@ -97,8 +97,8 @@ def snapshot(event: dict[str, Any], features: dict[str, Any] | None = None,
              spec: PipelineSpec = FRAUD) -> dict[str, Any]:
     """The `FeatureSnapshot` record of an `Event` record, as the feature worker renders it."""
     return {"event_id": event["event_id"], "type": "snapshot", "schema_version": SCHEMA_VERSION,
-            "occurred_at": event["occurred_at"], "entity": event["entity"], "feature_hash": spec.feature_hash(),
-            "features": features or {}, "data": event["data"]}
+            "occurred_at": event["occurred_at"], "entity": event["entity"],
+            "feature_hash": spec.feature_hash(), "features": features or {}, "data": event["data"]}
 
 
 def keyed(record: dict[str, Any]) -> tuple[bytes, bytes]:
@@ -111,9 +111,12 @@ def keyed(record: dict[str, Any]) -> tuple[bytes, bytes]:
 
 def wire(value: bytes | None, model: type[Wire]) -> dict[str, Any]:
     """A record a service emitted, checked against its wire model (`Event`, `Label`, `FeatureSnapshot`,
-    `TrainingExample`: unknown fields, wrong types, NaN fail), as the plain dict its JSON holds."""
+    `TrainingExample`), as the plain dict its JSON holds.
+
+    Strict: the models alone are lax (they take "1" or true for a number, a Unix number for a time);
+    a service must emit the documented types."""
     assert value is not None, f"a tombstone where a {model.__name__} record belongs"
-    model.model_validate_json(value)
+    model.model_validate_json(value, strict=True)
     return loads(value)
 
 
