@@ -9,11 +9,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import httpx
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.structs import RecordMetadata
 
 from deploy.free_ports import free_port  # noqa: F401  (re-exported for tests and bench)
 from shared.settings import KafkaSettings
@@ -195,3 +196,15 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
             return parts
         await asyncio.sleep(0.1)
     raise AssertionError(f"topic {topic} has no partitions")
+
+
+async def produce(kafka: KafkaSettings, topic: str,
+                  items: Iterable[tuple[bytes | None, bytes | None]]) -> list[RecordMetadata]:
+    """Write (key, value) records to a topic in order; their metadata once all in-sync replicas have them."""
+    producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", linger_ms=5, max_request_size=2 << 20)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key) for key, value in items]
+        return [await f for f in futures]
+    finally:
+        await producer.stop()
