@@ -60,6 +60,8 @@ features:
     - {name: trips_1h, agg: count, window: 1h}
     - {name: distance_mean_3h, agg: mean, field: distance_km, window: 3h}
 """
+SENSOR = EventValidator(parse_spec(GLOBAL_SPEC))
+COURIER = EventValidator(parse_spec(COURIER_SPEC))
 
 
 @pytest.fixture
@@ -90,14 +92,12 @@ def event(validator: EventValidator, fields: dict, event_id: str) -> tuple[bytes
 async def test_a_global_stream_with_a_busy_window_is_exact_and_its_records_stay_small(kafka, topics, worker):
     """40,000 events of one global stream inside one 24 h window: the old one-record state passed
     Kafka's 1 MiB limit at ~30,000 and crash-looped the worker."""
-    spec = parse_spec(GLOBAL_SPEC)
-    validator = EventValidator(spec)
     rng = random.Random(5)
     start = datetime(2026, 5, 1, tzinfo=timezone.utc)
     n = 40_000
     readings = [round(rng.uniform(0, 100), 3) for _ in range(n)]
-    items = [event(validator, {"reading": readings[i], "kind": "abc"[i % 3],
-                                  "ts": iso(start + timedelta(seconds=2 * i))}, f"g{i}") for i in range(n)]
+    items = [event(SENSOR, {"reading": readings[i], "kind": "abc"[i % 3],
+                            "ts": iso(start + timedelta(seconds=2 * i))}, f"g{i}") for i in range(n)]
     await produce(kafka, topics["events"], items)
     w = worker(GLOBAL_SPEC).start()
     snaps = await read_topic(kafka, topics["features"], expect=n, timeout_s=600)
@@ -113,7 +113,7 @@ async def test_a_global_stream_with_a_busy_window_is_exact_and_its_records_stay_
         assert f["reading_sum_24h"] == pytest.approx(sum(readings[:i]), rel=1e-12)
         assert f["kind_distinct_1h"] == min(i, 3)
     w.stop()
-    changelog = f"{topics.group('features', 'defs-' + spec.feature_hash())}-entity-state-changelog"
+    changelog = f"{topics.group('features', 'defs-' + SENSOR.spec.feature_hash())}-entity-state-changelog"
     sizes = [len(r.value or b"") for r in await read_topic(kafka, changelog, idle_s=3)]
     assert len(sizes) > n and max(sizes) < 4000  # a seen record per event, heads (<= 31 events), chunks
     log = w.log_path.read_text(errors="replace")
@@ -124,15 +124,13 @@ async def test_backfill_sent_faster_than_real_time_loses_no_example(kafka, topic
     """10 h of a courier example (3,000 events, 50 couriers), all events first, then every label
     13-49 min after its event (within the 3 h max delay): every event gets its training example and
     nothing is dead-lettered, however far the snapshots ran ahead of the labels."""
-    spec = parse_spec(COURIER_SPEC)
-    validator = EventValidator(spec)
     rng = random.Random(9)
     start = datetime(2026, 2, 1, 6, tzinfo=timezone.utc)
     events, labels = [], []
     for i in range(3000):
         t = start + timedelta(seconds=12 * i)
-        events.append(event(validator, {"courier_id": f"c{rng.randrange(50)}", "distance_km": rng.uniform(0.5, 9),
-                                           "ts": iso(t)}, f"trip-{i}"))
+        events.append(event(COURIER, {"courier_id": f"c{rng.randrange(50)}",
+                                      "distance_km": rng.uniform(0.5, 9), "ts": iso(t)}, f"trip-{i}"))
         labels.append((t + timedelta(minutes=rng.uniform(13, 49)), f"trip-{i}", round(rng.uniform(5, 60), 1)))
     labels.sort()
     w = worker(COURIER_SPEC).start()
@@ -148,13 +146,11 @@ async def test_backfill_sent_faster_than_real_time_loses_no_example(kafka, topic
 
 
 async def test_a_far_future_event_is_dead_lettered_and_the_join_goes_on(kafka, topics, worker):
-    spec = parse_spec(COURIER_SPEC)
-    validator = EventValidator(spec)
     w = worker(COURIER_SPEC).start()
     start = datetime(2026, 2, 1, 6, tzinfo=timezone.utc)
-    future = event(validator, {"courier_id": "c1", "distance_km": 1.0, "ts": "9999-12-31T23:59:59Z"}, "far")
-    events = [event(validator, {"courier_id": f"c{i % 7}", "distance_km": 2.0,
-                                   "ts": iso(start + timedelta(minutes=i))}, f"e{i}") for i in range(120)]
+    future = event(COURIER, {"courier_id": "c1", "distance_km": 1.0, "ts": "9999-12-31T23:59:59Z"}, "far")
+    events = [event(COURIER, {"courier_id": f"c{i % 7}", "distance_km": 2.0,
+                              "ts": iso(start + timedelta(minutes=i))}, f"e{i}") for i in range(120)]
     await produce(kafka, topics["events"], [future, *events])
     await read_topic(kafka, topics["features"], expect=120, timeout_s=180)
     await produce(kafka, topics["labels"], [
@@ -168,10 +164,8 @@ async def test_a_far_future_event_is_dead_lettered_and_the_join_goes_on(kafka, t
 
 
 async def test_malformed_and_oversized_records_are_dead_lettered_and_the_worker_goes_on(kafka, topics, worker):
-    spec = parse_spec(GLOBAL_SPEC)
-    validator = EventValidator(spec)
     w = worker(GLOBAL_SPEC).start()
-    good = [event(validator, {"reading": 1.0, "kind": "a", "ts": f"2026-05-01T00:00:{i:02d}Z"}, f"ok{i}")
+    good = [event(SENSOR, {"reading": 1.0, "kind": "a", "ts": f"2026-05-01T00:00:{i:02d}Z"}, f"ok{i}")
             for i in range(10)]
     wrong_kind = loads(good[0][1])
     wrong_kind.update(event_id="bad-kind", data={**wrong_kind["data"], "kind": "zzz"})
