@@ -9,9 +9,10 @@ from services.features.domain import (
     LABEL_CLOCK, WORKER_CLOCK, JoinTable, LabelClock, LabelJoin, Rejected, decode_event, decode_expiry,
     decode_join_input, expiry_key, process_event,
 )
+from shared.events import FeatureSnapshot
 from shared.features import FeatureEngine, FeatureStore
-from shared.serialization import dumps, loads
-from tests.data import FRAUD, TXN, DictKV, JoinKV, envelope, label, snapshot, txn
+from shared.serialization import dumps
+from tests.data import FRAUD, TXN, DictKV, JoinKV, envelope, label, snapshot, txn, wire
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 DAY = 86_400.0
@@ -59,7 +60,7 @@ def test_a_resent_event_id_with_a_changed_payload_gets_the_original_snapshot_byt
     again = process_event(store, kv, 0, event("a", T0 + timedelta(minutes=2), amount=99.0), now=now,
                           max_future_s=300, max_bytes=900_000)
     assert again.status == "duplicate" and again.snapshot == first.snapshot
-    assert loads(again.snapshot)["data"]["amount"] == TXN["amount"]
+    assert wire(again.snapshot, FeatureSnapshot)["data"]["amount"] == TXN["amount"]
 
 
 # ---------------------------------------------------------------- the join

@@ -7,10 +7,10 @@ from aiokafka import ConsumerRecord
 from services.ingest.domain import (
     NO_EVENTS, BadRequest, Limits, check_events, check_labels, check_raw, decode_body,
 )
-from shared.events import EventValidator, derived_event_id
-from shared.serialization import dumps, loads
+from shared.events import Event, EventValidator, derived_event_id
+from shared.serialization import dumps
 from shared.spec import parse_spec
-from tests.data import TXN as GOOD, VALIDATOR as V, fraud_text
+from tests.data import TXN as GOOD, VALIDATOR as V, fraud_text, wire
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
 
@@ -47,7 +47,7 @@ def test_partial_batch_keeps_good_events_and_indexes_bad_ones():
     assert [o.event_id for o in checked.accepted][1] == "mine"
     assert [o.key for o in checked.accepted] == [b"u1", b"u2"]
     assert [(r.index, r.field, r.code) for r in checked.rejected] == [(1, "amount", "out_of_range")]
-    record = loads(checked.accepted[1].value)
+    record = wire(checked.accepted[1].value, Event)
     assert record["source"] == "http" and record["ingested_at"] == "2026-11-26T12:00:00Z"
 
 
