@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.structs import RecordMetadata
 
 from deploy.free_ports import free_port  # noqa: F401  (re-exported for the tests)
 from deploy.procs import ROOT, Broker, ServiceProcess, wait_until  # noqa: F401  (likewise)
-from shared.kafka import make_consumer, partitions_of
+from shared.kafka import make_consumer, make_producer, partitions_of
 from shared.settings import KafkaSettings
 
 
@@ -43,3 +44,13 @@ async def read_topic(kafka: KafkaSettings, topic: str, *, expect: int | None = N
         return out
     finally:
         await consumer.stop()
+async def produce(kafka: KafkaSettings, topic: str,
+                  items: Iterable[tuple[bytes | None, bytes | None]]) -> list[RecordMetadata]:
+    """Write (key, value) records to a topic in order; their metadata once all in-sync replicas have them."""
+    producer = make_producer(kafka, linger_ms=5, max_request_size=2 << 20)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key) for key, value in items]
+        return [await f for f in futures]
+    finally:
+        await producer.stop()

@@ -9,6 +9,7 @@ import pytest
 from shared.kafka import ensure_topics
 from shared.settings import KafkaSettings
 from shared.topics import Topics
+from tests.data import FRAUD_PATH
 from tests.support import Broker
 
 
@@ -46,4 +47,4 @@ async def topics(kafka, prefix) -> Topics:
 def service_env(kafka_bootstrap, prefix) -> dict[str, str]:
     """Environment for a service process bound to this test's broker and topic prefix."""
     return {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "LOOPLINE_TOPIC_PREFIX": prefix,
-            "LOOPLINE_SPEC_PATH": "examples/fraud/pipeline.yaml", "LOOPLINE_LOG_LEVEL": "INFO"}
+            "LOOPLINE_SPEC_PATH": str(FRAUD_PATH), "LOOPLINE_LOG_LEVEL": "INFO"}

@@ -8,40 +8,38 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import murmur2
 
 from examples.fraud.generate import GeneratorConfig, generate
-from shared.events import EventValidator
+from shared.events import FeatureSnapshot, TrainingExample
 from shared.kafka import header_dict
-from shared.serialization import dumps, loads
-from shared.spec import load_spec
+from shared.serialization import loads
+from tests.data import FRAUD, envelope, keyed, label, txn, wire
 from tests.reference import Reference, assert_same
-from tests.support import ServiceProcess, free_port, read_topic, wait_until
+from tests.support import ServiceProcess, free_port, produce, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
-SPEC = load_spec("examples/fraud/pipeline.yaml")
-VALIDATOR = EventValidator(SPEC)
-NOW = datetime(2026, 11, 26, tzinfo=timezone.utc)
 
 
 def envelopes(raw_events: list[dict]) -> list[dict]:
-    return [VALIDATOR.envelope(VALIDATOR.validate(e), source="http", ingested_at=NOW) for e in raw_events]
+    return [envelope(e) for e in raw_events]
 
 
-async def produce(kafka, topic: str, records: list[dict], key=lambda r: VALIDATOR.kafka_key(r)) -> None:
-    producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, dumps(r), key=key(r)) for r in records]
-        for f in futures:
-            await f
-    finally:
-        await producer.stop()
+async def send(kafka, topic: str, records: list[dict]) -> None:
+    """Produce `Event` or `Label` records, keyed as ingest keys them."""
+    await produce(kafka, topic, [keyed(r) for r in records])
+
+
+def metric(w: ServiceProcess, name: str) -> float:
+    """A sample's value on the worker's /metrics page (0 if absent)."""
+    values = dict(line.rsplit(" ", 1) for line in httpx.get(f"{w.url}/metrics").text.splitlines()
+                  if line and not line.startswith("#"))
+    return float(values.get(name, 0.0))
 
 
 async def topic_size(kafka, topic: str, partitions: int = 6) -> int:
@@ -87,23 +85,26 @@ def covers(events: list[dict]):
 
 
 def check_snapshots(records, events: list[dict]) -> dict[str, dict]:
-    """Dedup by event_id (duplicates must be identical) and compare with the pandas reference."""
+    """Check every record against `FeatureSnapshot`, dedup by event_id (duplicates must be identical)
+    and compare with the pandas reference; returns the reference's features by event id."""
     by_id: dict[str, dict] = {}
     for r in records:
-        snap = loads(r.value)
+        snap = wire(r.value, FeatureSnapshot)
         seen = by_id.setdefault(snap["event_id"], snap)
         assert seen["features"] == snap["features"], f"duplicate {snap['event_id']} differs"
         assert r.key == snap["entity"].encode()
     assert set(by_id) == {e["event_id"] for e in events}, "snapshots lost"
-    ref = Reference(SPEC)
+    ref = Reference(FRAUD)
     rows = {}
     for e in events:
         status, row, _ = ref.process(e["event_id"], ref_time(e), e["data"])
         assert status == "new"
         rows[(row["entity"], row["seq"])] = e
+    expected = {}
     for (entity, seq), want in ref.snapshots().items():
         e = rows[(entity, seq)]
         snap = by_id[e["event_id"]]
+        expected[e["event_id"]] = want
         try:
             assert_same(snap["features"], want, e["event_id"])
         except AssertionError as exc:
@@ -113,7 +114,7 @@ def check_snapshots(records, events: list[dict]) -> dict[str, dict]:
                      if loads(r.value)["entity"] == entity]
             raise AssertionError(f"{exc}\nentity {entity} history: {history}\nrecords: {dupes}") from None
         assert snap["data"] == e["data"] and snap["occurred_at"] == e["occurred_at"]
-    return by_id
+    return expected
 
 
 def ref_time(e: dict) -> float:
@@ -123,7 +124,7 @@ def ref_time(e: dict) -> float:
 async def test_snapshots_equal_batch_recomputation_through_three_kill_9s(kafka, topics, worker, tmp_path):
     raw = [e for e, _ in generate(GeneratorConfig(seed=7, users=1500, events=50_000))]
     events = envelopes(raw)
-    await produce(kafka, topics["events"], events)
+    await send(kafka, topics["events"], events)
     w = worker()
     w.start()
     for k in range(3):
@@ -134,22 +135,22 @@ async def test_snapshots_equal_batch_recomputation_through_three_kill_9s(kafka, 
     probe_users = sorted({e["user_id"] for e in raw})[:200]
     probes = envelopes([{**raw[-1], "event_id": f"probe-{u}", "user_id": u, "ts": "2026-01-02T12:00:00Z"}
                         for u in probe_users])
-    await produce(kafka, topics["events"], probes)
+    await send(kafka, topics["events"], probes)
     all_events = events + probes
     records = await read_topic(kafka, topics["features"], until=covers(all_events), timeout_s=600)
     records += await read_topic(kafka, topics["features"], idle_s=3)  # late duplicates, if any
-    metrics = httpx.get(f"{w.url}/metrics").text
+    wait_until(lambda: metric(w, "loopline_features_lag_records") == 0, 60, "the worker's lag to reach 0")
     w.stop()
-    check_snapshots(records, all_events)
-    assert "loopline_features_lag_records" in metrics
+    expected = check_snapshots(records, all_events)
     # the offline store holds every event and snapshot once its reader dedups
     from shared.offline import open_store
-    store = open_store(str(tmp_path / "offline"), SPEC)
+    store = open_store(str(tmp_path / "offline"), FRAUD)
     wait_until(lambda: len(store.read("snapshots")) == len(all_events), 60, "offline snapshots")
     offline = store.read("snapshots")
     assert offline["event_id"].is_unique and offline["occurred_at"].is_monotonic_increasing
     row = offline.set_index("event_id").loc[f"probe-{probe_users[0]}"]
-    assert row["txn_count_1h"] >= 0 and row["user_id"] == probe_users[0]
+    assert row["user_id"] == probe_users[0]
+    assert row["txn_count_1h"] == expected[f"probe-{probe_users[0]}"]["txn_count_1h"]
 
 
 async def eventually(measure, at_least: int, timeout: float, what: str) -> None:
@@ -168,10 +169,10 @@ async def test_two_workers_share_partitions_and_take_over_without_loss(kafka, to
     b.start()
     wait_until(lambda: _assigned(a) + _assigned(b) == 6, 180, "the 6 event partitions split across both workers")
     assert _assigned(a) > 0 and _assigned(b) > 0
-    await produce(kafka, topics["events"], events[:6000])
+    await send(kafka, topics["events"], events[:6000])
     await eventually(lambda: topic_size(kafka, topics["features"]), 3000, 300, "half the snapshots")
     a.stop()  # B takes A's partitions
-    await produce(kafka, topics["events"], events[6000:])
+    await send(kafka, topics["events"], events[6000:])
     records = await read_topic(kafka, topics["features"], until=covers(events), timeout_s=600)
     records += await read_topic(kafka, topics["features"], idle_s=3)
     b.stop()
@@ -194,21 +195,17 @@ def same_partition_ids(target: str, n: int, prefix: str) -> list[str]:
 
 
 async def test_labels_early_late_twice_never_and_late_events(kafka, topics, worker):
-    def ev(eid: str, user: str, ts: str, amount: float = 10.0) -> dict:
-        return {"event_id": eid, "user_id": user, "amount": amount, "merchant_category": "fuel",
-                "country": "DE", "channel": "web", "ts": ts}
-
-    def label(eid: str, value, observed: str) -> dict:
-        return VALIDATOR.label({"event_id": eid, "value": value, "observed_at": observed}, source="http", now=NOW)
+    def ev(eid: str, user: str, ts: str) -> dict:
+        return txn(event_id=eid, user_id=user, ts=ts)
 
     async def send_labels(labels):
-        await produce(kafka, topics["labels"], labels, key=lambda r: r["target_event_id"].encode())
+        await send(kafka, topics["labels"], labels)
 
     w = worker().start()
     # early: the label comes before its event
     await send_labels([label("early", True, "2026-03-01T10:00:00Z")])
     time.sleep(1)
-    await produce(kafka, topics["events"], envelopes([
+    await send(kafka, topics["events"], envelopes([
         ev("early", "a", "2026-03-01T09:00:00Z"),
         ev("twice", "a", "2026-03-01T09:05:00Z"),
         ev("late-label", "b", "2026-03-01T09:00:00Z"),
@@ -224,8 +221,8 @@ async def test_labels_early_late_twice_never_and_late_events(kafka, topics, work
         label("conflict", False, "2026-03-01T13:00:00Z"),  # contradicts the first: dead-lettered
     ])
     # late event: 1 h behind entity a's newest event, allowed lateness is 5 min
-    await produce(kafka, topics["events"], envelopes([ev("too-late", "a", "2026-03-01T08:00:00Z"),
-                                                       ev("before", "e", "2026-03-01T09:00:00Z")]))
+    await send(kafka, topics["events"], envelopes([ev("too-late", "a", "2026-03-01T08:00:00Z"),
+                                                    ev("before", "e", "2026-03-01T09:00:00Z")]))
     time.sleep(1)
     await send_labels([label("before", True, "2026-03-01T08:59:59Z")])  # observed before its event
     # Advance the label clock on the join partition of "never" by more than 7 days: the clock is the
@@ -237,7 +234,7 @@ async def test_labels_early_late_twice_never_and_late_events(kafka, topics, work
     examples += await read_topic(kafka, topics["training-examples"], idle_s=3)  # redeliveries, if any
     by_id = {}
     for r in examples:
-        ex = loads(r.value)
+        ex = wire(r.value, TrainingExample)
         by_id.setdefault(ex["event_id"], []).append(ex)
     assert set(by_id) == {"early", "twice", "conflict"}
     assert {eid: exs[0]["label"] for eid, exs in by_id.items()} == {"early": True, "twice": False, "conflict": True}
@@ -245,6 +242,11 @@ async def test_labels_early_late_twice_never_and_late_events(kafka, topics, work
     twice = by_id["twice"][0]
     assert twice["features"]["txn_count_10m"] == 1 and twice["entity"] == "a"  # saw "early" 5 min before
     assert twice["labelled_at"] == "2026-03-02T00:00:00Z"
+    # every accepted event's snapshot, keyed by its id for the join ("too-late" was not accepted)
+    by_event = await read_topic(kafka, topics["snapshots.by-event"], idle_s=3)
+    snapshots = {r.key: wire(r.value, FeatureSnapshot) for r in by_event}
+    assert set(snapshots) == {b"early", b"twice", b"late-label", b"never", b"conflict", b"before"}
+    assert all(snap["event_id"].encode() == key for key, snap in snapshots.items())
 
     dlq = await read_topic(kafka, topics["events.dlq"], expect=5, timeout_s=180)
     reasons = {header_dict(r.headers)["dlq.error.code"]: (r, header_dict(r.headers)) for r in dlq}
@@ -253,19 +255,15 @@ async def test_labels_early_late_twice_never_and_late_events(kafka, topics, work
     assert loads(late_rec.value)["event_id"] == "too-late" and late_h["dlq.source.topic"] == topics["events"]
     assert late_h["dlq.error.class"] == "LateEvent"
     never_rec, never_h = reasons["unlabelled"]
-    assert loads(never_rec.value)["event_id"] == "never" and never_rec.key == b"never"
+    assert wire(never_rec.value, FeatureSnapshot)["event_id"] == "never" and never_rec.key == b"never"
     assert never_h["dlq.source.topic"] == topics["snapshots.by-event"] and "max delay" in never_h["dlq.error.message"]
     assert loads(reasons["label_before_event"][0].value)["target_event_id"] == "before"
     assert "allowed lateness is 300s" in late_h["dlq.error.message"]
     assert "max delay" in reasons["late_label"][1]["dlq.error.message"]
     assert "first label stands" in reasons["conflict"][1]["dlq.error.message"]
 
-    def metric(name: str) -> float:
-        values = dict(line.rsplit(" ", 1) for line in httpx.get(f"{w.url}/metrics").text.splitlines()
-                      if line and not line.startswith("#"))
-        return float(values.get(name, 0.0))
-    wait_until(lambda: metric('loopline_features_join_expired_total{kind="snapshot"}') >= 1, 120,
+    wait_until(lambda: metric(w, 'loopline_features_join_expired_total{kind="snapshot"}') >= 1, 120,
                "the never-labelled snapshot to expire")
-    assert metric('loopline_features_late_events_total') == 1
-    assert metric('loopline_features_labels_total{outcome="duplicate"}') == 1
+    assert metric(w, 'loopline_features_late_events_total') == 1
+    assert metric(w, 'loopline_features_labels_total{outcome="duplicate"}') == 1
     w.stop()

@@ -10,18 +10,17 @@ from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaProducer
 
-from shared.events import EventValidator, Label, label_id
+from shared.events import EventValidator, FeatureSnapshot, TrainingExample
 from shared.kafka import ensure_topics, header_dict
 from shared.serialization import dumps, loads
 from shared.settings import KafkaSettings
-from shared.spec import load_spec, parse_spec
+from shared.spec import parse_spec
 from shared.topics import Topics
-from tests.support import Broker, ServiceProcess, free_port, read_topic, wait_until
+from tests.data import envelope, iso, keyed, label, txn, wire
+from tests.support import Broker, ServiceProcess, free_port, produce, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
-NOW = datetime(2026, 11, 26, tzinfo=timezone.utc)
 
 GLOBAL_SPEC = """
 name: sensor
@@ -61,6 +60,8 @@ features:
     - {name: trips_1h, agg: count, window: 1h}
     - {name: distance_mean_3h, agg: mean, field: distance_km, window: 3h}
 """
+SENSOR = EventValidator(parse_spec(GLOBAL_SPEC))
+COURIER = EventValidator(parse_spec(COURIER_SPEC))
 
 
 @pytest.fixture
@@ -83,50 +84,26 @@ def worker(service_env, tmp_path):
         proc.stop()
 
 
-def iso(t: datetime) -> str:
-    return t.isoformat().replace("+00:00", "Z")
-
-
-async def produce(kafka, topic: str, items: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", linger_ms=5, max_request_size=2 << 20)
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, value, key=key) for key, value in items]
-        for f in futures:
-            await f
-    finally:
-        await producer.stop()
-
-
-def envelope(validator: EventValidator, fields: dict, event_id: str) -> tuple[bytes, bytes]:
-    record = validator.envelope(validator.validate({**fields, "event_id": event_id}), source="http",
-                                ingested_at=NOW)
-    return validator.kafka_key(record), dumps(record)
-
-
-def label_record(event_id: str, value, observed: datetime) -> tuple[bytes, bytes]:
-    label = Label(event_id=label_id(event_id), occurred_at=observed, target_event_id=event_id, value=value,
-                  ingested_at=NOW, source="replay")
-    return event_id.encode(), dumps(label.model_dump(mode="json"))
+def event(validator: EventValidator, fields: dict, event_id: str) -> tuple[bytes, bytes]:
+    """(key, value) of the `Event` record of raw `fields` under `validator`'s spec."""
+    return keyed(envelope(fields, validator, event_id=event_id))
 
 
 async def test_a_global_stream_with_a_busy_window_is_exact_and_its_records_stay_small(kafka, topics, worker):
     """40,000 events of one global stream inside one 24 h window: the old one-record state passed
     Kafka's 1 MiB limit at ~30,000 and crash-looped the worker."""
-    spec = parse_spec(GLOBAL_SPEC)
-    validator = EventValidator(spec)
     rng = random.Random(5)
     start = datetime(2026, 5, 1, tzinfo=timezone.utc)
     n = 40_000
     readings = [round(rng.uniform(0, 100), 3) for _ in range(n)]
-    items = [envelope(validator, {"reading": readings[i], "kind": "abc"[i % 3],
-                                  "ts": iso(start + timedelta(seconds=2 * i))}, f"g{i}") for i in range(n)]
+    items = [event(SENSOR, {"reading": readings[i], "kind": "abc"[i % 3],
+                            "ts": iso(start + timedelta(seconds=2 * i))}, f"g{i}") for i in range(n)]
     await produce(kafka, topics["events"], items)
     w = worker(GLOBAL_SPEC).start()
     snaps = await read_topic(kafka, topics["features"], expect=n, timeout_s=600)
     by_id = {}
     for r in snaps:
-        snap = loads(r.value)
+        snap = wire(r.value, FeatureSnapshot)
         by_id.setdefault(snap["event_id"], snap["features"])
     assert len(by_id) == n
     for i in (0, 1, 2, 999, 20_000, n - 1):
@@ -136,7 +113,7 @@ async def test_a_global_stream_with_a_busy_window_is_exact_and_its_records_stay_
         assert f["reading_sum_24h"] == pytest.approx(sum(readings[:i]), rel=1e-12)
         assert f["kind_distinct_1h"] == min(i, 3)
     w.stop()
-    changelog = topics.changelog(topics.group("features", "defs-" + spec.feature_hash()), "entity-state")
+    changelog = topics.changelog(topics.group("features", "defs-" + SENSOR.spec.feature_hash()), "entity-state")
     sizes = [len(r.value or b"") for r in await read_topic(kafka, changelog, idle_s=3)]
     assert len(sizes) > n and max(sizes) < 4000  # a seen record per event, heads (<= 31 events), chunks
     log = w.log_path.read_text(errors="replace")
@@ -147,42 +124,39 @@ async def test_backfill_sent_faster_than_real_time_loses_no_example(kafka, topic
     """10 h of a courier example (3,000 events, 50 couriers), all events first, then every label
     13-49 min after its event (within the 3 h max delay): every event gets its training example and
     nothing is dead-lettered, however far the snapshots ran ahead of the labels."""
-    spec = parse_spec(COURIER_SPEC)
-    validator = EventValidator(spec)
     rng = random.Random(9)
     start = datetime(2026, 2, 1, 6, tzinfo=timezone.utc)
     events, labels = [], []
     for i in range(3000):
         t = start + timedelta(seconds=12 * i)
-        events.append(envelope(validator, {"courier_id": f"c{rng.randrange(50)}", "distance_km": rng.uniform(0.5, 9),
-                                           "ts": iso(t)}, f"trip-{i}"))
+        events.append(event(COURIER, {"courier_id": f"c{rng.randrange(50)}",
+                                      "distance_km": rng.uniform(0.5, 9), "ts": iso(t)}, f"trip-{i}"))
         labels.append((t + timedelta(minutes=rng.uniform(13, 49)), f"trip-{i}", round(rng.uniform(5, 60), 1)))
     labels.sort()
     w = worker(COURIER_SPEC).start()
     await produce(kafka, topics["events"], events)
     await read_topic(kafka, topics["features"], expect=3000, timeout_s=300)
-    await produce(kafka, topics["labels"], [label_record(eid, value, at) for at, eid, value in labels])
+    await produce(kafka, topics["labels"], [keyed(label(eid, value, at, source="replay"))
+                                            for at, eid, value in labels])
     examples = await read_topic(kafka, topics["training-examples"], expect=3000, timeout_s=300)
-    got = {loads(r.value)["event_id"]: loads(r.value)["label"] for r in examples}
+    got = {ex["event_id"]: ex["label"] for r in examples for ex in [wire(r.value, TrainingExample)]}
     assert got == {eid: value for _, eid, value in labels}
     assert await read_topic(kafka, topics["events.dlq"], idle_s=3) == []
     w.stop()
 
 
 async def test_a_far_future_event_is_dead_lettered_and_the_join_goes_on(kafka, topics, worker):
-    spec = parse_spec(COURIER_SPEC)
-    validator = EventValidator(spec)
     w = worker(COURIER_SPEC).start()
     start = datetime(2026, 2, 1, 6, tzinfo=timezone.utc)
-    future = envelope(validator, {"courier_id": "c1", "distance_km": 1.0, "ts": "9999-12-31T23:59:59Z"}, "far")
-    events = [envelope(validator, {"courier_id": f"c{i % 7}", "distance_km": 2.0,
-                                   "ts": iso(start + timedelta(minutes=i))}, f"e{i}") for i in range(120)]
+    future = event(COURIER, {"courier_id": "c1", "distance_km": 1.0, "ts": "9999-12-31T23:59:59Z"}, "far")
+    events = [event(COURIER, {"courier_id": f"c{i % 7}", "distance_km": 2.0,
+                              "ts": iso(start + timedelta(minutes=i))}, f"e{i}") for i in range(120)]
     await produce(kafka, topics["events"], [future, *events])
     await read_topic(kafka, topics["features"], expect=120, timeout_s=180)
     await produce(kafka, topics["labels"], [
-        label_record(f"e{i}", 10.0, start + timedelta(minutes=i + 20)) for i in range(120)])
+        keyed(label(f"e{i}", 10.0, start + timedelta(minutes=i + 20), source="replay")) for i in range(120)])
     examples = await read_topic(kafka, topics["training-examples"], expect=120, timeout_s=180)
-    assert {loads(r.value)["event_id"] for r in examples} == {f"e{i}" for i in range(120)}
+    assert {wire(r.value, TrainingExample)["event_id"] for r in examples} == {f"e{i}" for i in range(120)}
     dlq = await read_topic(kafka, topics["events.dlq"], expect=1, timeout_s=60)
     assert [header_dict(r.headers)["dlq.error.code"] for r in dlq] == ["future"]
     assert loads(dlq[0].value)["event_id"] == "far"
@@ -190,10 +164,8 @@ async def test_a_far_future_event_is_dead_lettered_and_the_join_goes_on(kafka, t
 
 
 async def test_malformed_and_oversized_records_are_dead_lettered_and_the_worker_goes_on(kafka, topics, worker):
-    spec = parse_spec(GLOBAL_SPEC)
-    validator = EventValidator(spec)
     w = worker(GLOBAL_SPEC).start()
-    good = [envelope(validator, {"reading": 1.0, "kind": "a", "ts": f"2026-05-01T00:00:{i:02d}Z"}, f"ok{i}")
+    good = [event(SENSOR, {"reading": 1.0, "kind": "a", "ts": f"2026-05-01T00:00:{i:02d}Z"}, f"ok{i}")
             for i in range(10)]
     wrong_kind = loads(good[0][1])
     wrong_kind.update(event_id="bad-kind", data={**wrong_kind["data"], "kind": "zzz"})
@@ -205,8 +177,8 @@ async def test_malformed_and_oversized_records_are_dead_lettered_and_the_worker_
            (b"__global__", dumps(wrong_kind)), (b"__global__", dumps(no_time)), (b"__global__", dumps(huge))]
     await produce(kafka, topics["events"], good[:5] + bad + good[5:])
     snaps = await read_topic(kafka, topics["features"], expect=10, timeout_s=120)
-    assert [loads(r.value)["event_id"] for r in snaps] == [f"ok{i}" for i in range(10)]
-    assert loads(snaps[-1].value)["features"]["n_24h"] == 9
+    assert [wire(r.value, FeatureSnapshot)["event_id"] for r in snaps] == [f"ok{i}" for i in range(10)]
+    assert wire(snaps[-1].value, FeatureSnapshot)["features"]["n_24h"] == 9
     dlq = await read_topic(kafka, topics["events.dlq"], expect=6, timeout_s=60)
     codes = [header_dict(r.headers)["dlq.error.code"] for r in dlq]
     assert codes == ["invalid_json", "invalid", "invalid", "invalid", "invalid", "too_large"]
@@ -234,17 +206,18 @@ async def test_a_worker_whose_broker_hangs_is_not_ready_and_stops_on_sigterm(own
            "FEATURES_OFFLINE": "false", "FEATURES_STALL_AFTER_S": "3", "FEATURES_SHUTDOWN_TIMEOUT_S": "8"}
     w = ServiceProcess("services.features", env, port=port, log_dir=tmp_path, ready_timeout=180).start()
     try:
-        validator = EventValidator(load_spec("examples/fraud/pipeline.yaml"))
-        await produce(kafka, topics["events"], [envelope(validator, {
-            "user_id": "u", "amount": 1.0, "merchant_category": "fuel", "country": "DE", "channel": "web",
-            "ts": f"2026-03-01T00:00:0{i}Z"}, f"s{i}") for i in range(5)])
-        await read_topic(kafka, topics["features"], expect=5, timeout_s=60)
+        await produce(kafka, topics["events"], [
+            keyed(envelope(txn(event_id=f"s{i}", user_id="u", amount=1.0, ts=f"2026-03-01T00:00:0{i}Z")))
+            for i in range(5)])
+        snaps = await read_topic(kafka, topics["features"], expect=5, timeout_s=60)
+        assert [wire(r.value, FeatureSnapshot)["event_id"] for r in snaps] == [f"s{i}" for i in range(5)]
         own_broker.pause()
         wait_until(lambda: httpx.get(f"{w.url}/readyz", timeout=5).status_code == 503, 60, "readyz 503")
         assert httpx.get(f"{w.url}/healthz", timeout=5).status_code == 200
         started = time.monotonic()
         w.proc.send_signal(signal.SIGTERM)
         w.proc.wait(timeout=30)  # raises if the worker is still alive: it hung
-        assert time.monotonic() - started < 30
+        # FEATURES_SHUTDOWN_TIMEOUT_S=8: the process is gone 8 s after the signal at the latest
+        assert time.monotonic() - started < 8 + 4
     finally:
         w.kill()

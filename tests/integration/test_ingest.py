@@ -14,15 +14,15 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from shared.events import Event, Label, derived_event_id
 from shared.kafka import header_dict
 from shared.serialization import dumps, loads
-from tests.support import ROOT, ServiceProcess, free_port, read_topic, wait_until
+from tests.data import fraud_text, txn, wire
+from tests.support import ServiceProcess, free_port, produce, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
 
 
-def txn(i: int, user: str | None = None, **extra) -> dict:
-    return {"event_id": f"ev-{i}", "user_id": user or f"u{i % 7}", "amount": round(10 + i * 0.5, 2),
-            "merchant_category": "fuel", "country": "DE", "channel": "web",
-            "ts": f"2026-11-26T10:{i // 60 % 60:02d}:{i % 60:02d}Z", **extra}
+def event_ids(records) -> list[str]:
+    """The ids of `Event` records read from a topic, each checked against the model."""
+    return [wire(r.value, Event)["event_id"] for r in records]
 
 
 @pytest.fixture
@@ -41,18 +41,18 @@ async def test_http_events_and_labels_reach_kafka_with_keys_and_payloads(ingest,
     ndjson = b"\n".join(dumps(txn(i)) for i in range(100, 110))
     r = httpx.post(f"{ingest.url}/v1/events", content=ndjson, headers={"content-type": "application/x-ndjson"})
     assert r.status_code == 202 and r.json()["accepted"] == 10
-    r = httpx.post(f"{ingest.url}/v1/events", json={k: v for k, v in txn(110).items() if k != "event_id"})
+    r = httpx.post(f"{ingest.url}/v1/events", json=txn(110, event_id=None))
     assert r.status_code == 202
     generated_id = r.json()["event_ids"][0]
 
     records = await read_topic(kafka, topics["events"], expect=111)
     assert len(records) == 111
-    events = {loads(r.value)["event_id"]: (r.key, Event.model_validate_json(r.value)) for r in records}
+    events = {ev["event_id"]: (r.key, ev) for r in records for ev in [wire(r.value, Event)]}
     assert set(events) == {f"ev-{i}" for i in range(110)} | {generated_id}
     key, ev = events["ev-15"]
-    assert key == b"u1" and ev.entity == "u1" and ev.source == "http" and ev.type == "transaction"
-    assert ev.data == {k: v for k, v in txn(15).items() if k != "event_id"} | {"amount": 17.5}
-    assert ev.occurred_at.isoformat() == "2026-11-26T10:00:15+00:00"
+    assert key == b"u1" and ev["entity"] == "u1" and ev["source"] == "http" and ev["type"] == "transaction"
+    assert ev["data"] == txn(15, event_id=None) | {"amount": 17.5}
+    assert ev["occurred_at"] == "2026-11-26T10:00:15Z"
     # one partition per entity keeps an entity's events in order
     by_user = {}
     for r in records:
@@ -62,8 +62,8 @@ async def test_http_events_and_labels_reach_kafka_with_keys_and_payloads(ingest,
     r = httpx.post(f"{ingest.url}/v1/labels", json=[{"event_id": "ev-1", "value": True},
                                                       {"event_id": "ev-2", "value": 0}])
     assert r.status_code == 202
-    labels = [Label.model_validate_json(r.value) for r in await read_topic(kafka, topics["labels"], expect=2)]
-    assert sorted((lb.target_event_id, lb.value) for lb in labels) == [("ev-1", True), ("ev-2", False)]
+    labels = [wire(r.value, Label) for r in await read_topic(kafka, topics["labels"], expect=2)]
+    assert sorted((lb["target_event_id"], lb["value"]) for lb in labels) == [("ev-1", True), ("ev-2", False)]
 
     metrics = httpx.get(f"{ingest.url}/metrics").text
     assert 'loopline_ingest_accepted_total{kind="event",source="http"} 111.0' in metrics
@@ -96,7 +96,7 @@ async def test_bad_input_gets_clear_errors_and_good_events_still_land(ingest, ka
     assert r.status_code == 415
 
     records = await read_topic(kafka, topics["events"], idle_s=2)
-    assert sorted(loads(r.value)["event_id"] for r in records) == ["ev-0", "ev-3"]
+    assert sorted(event_ids(records)) == ["ev-0", "ev-3"]
     metrics = httpx.get(f"{ingest.url}/metrics").text
     assert 'loopline_ingest_rejected_total{kind="event",reason="out_of_range",source="http"} 1.0' in metrics
 
@@ -109,8 +109,9 @@ async def test_direct_kafka_producers_good_to_events_bad_to_dead_letters(ingest,
         for i in range(50):
             md = await producer.send_and_wait(topics["events.raw"], dumps(txn(1000 + i)), key=b"k")
             sent.append(md)
-        await producer.send_and_wait(topics["events.raw"], dumps({k: v for k, v in txn(2000).items()
-                                                                  if k != "event_id"}), key=b"k")
+        # the same record without an event_id twice: ingest derives each copy's id from where it is
+        no_id = [await producer.send_and_wait(topics["events.raw"], dumps(txn(2000, event_id=None)), key=b"k")
+                 for _ in range(2)]
         bad1 = await producer.send_and_wait(topics["events.raw"], b"{not json", key=b"b1",
                                             headers=[("trace", b"abc")])
         bad2 = await producer.send_and_wait(topics["events.raw"], dumps(txn(3000, channel="fax")), key=b"b2")
@@ -119,12 +120,13 @@ async def test_direct_kafka_producers_good_to_events_bad_to_dead_letters(ingest,
     finally:
         await producer.stop()
 
-    events = await read_topic(kafka, topics["events"], expect=51)
-    ids = [loads(r.value)["event_id"] for r in events]
-    assert len(ids) == 51 and {f"ev-{1000 + i}" for i in range(50)} <= set(ids)
-    derived = (set(ids) - {f"ev-{1000 + i}" for i in range(50)}).pop()
-    assert derived.count("-") == 4  # a uuid derived from the raw record's topic/partition/offset
-    assert all(loads(r.value)["source"] == "kafka" for r in events)
+    events = await read_topic(kafka, topics["events"], expect=52)
+    ids = event_ids(events)
+    named = {f"ev-{1000 + i}" for i in range(50)}
+    assert len(ids) == 52 and named <= set(ids)
+    derived = [derived_event_id(topics["events.raw"], md.partition, md.offset) for md in no_id]
+    assert sorted(set(ids) - named) == sorted(derived) and derived[0] != derived[1]
+    assert all(wire(r.value, Event)["source"] == "kafka" for r in events)
 
     dlq = await read_topic(kafka, topics["events.dlq"], expect=3)
     by_key = {r.key: r for r in dlq}
@@ -142,8 +144,7 @@ async def test_direct_kafka_producers_good_to_events_bad_to_dead_letters(ingest,
     assert h3["dlq.source.topic"] == topics["labels.raw"] and h3["dlq.source.offset"] == str(bad3.offset)
 
     labels = await read_topic(kafka, topics["labels"], expect=1)
-    assert Label.model_validate_json(labels[0].value).target_event_id == "ev-1000"
-    assert derived_event_id(topics["events.raw"], 0, 0)  # ids are deterministic per raw record
+    assert wire(labels[0].value, Label)["target_event_id"] == "ev-1000"
 
 
 async def test_restart_mid_stream_loses_no_acknowledged_event(service_env, topics, kafka, tmp_path):
@@ -182,21 +183,18 @@ async def test_restart_mid_stream_loses_no_acknowledged_event(service_env, topic
     wanted = set(acked)
     records = await read_topic(kafka, topics["events"], timeout_s=60,
                                until=lambda recs: wanted <= {loads(r.value)["event_id"] for r in recs})
-    landed = {loads(r.value)["event_id"] for r in records}
+    landed = set(event_ids(records))
     assert set(acked) <= landed, f"{len(set(acked) - landed)} acknowledged events missing"
 
 
 async def test_bridge_restart_mid_stream_loses_no_raw_record(service_env, topics, kafka, tmp_path):
     n = 6000
-    producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        futures = [await producer.send(topics["events.raw"], dumps(txn(i)), key=str(i % 13).encode())
-                   for i in range(n)]
-        for f in futures:
-            await f
-    finally:
-        await producer.stop()
+    # Every tenth record has no event_id: ingest derives one from the record's topic/partition/offset,
+    # so a record the restarted bridge reads again must keep the id it got the first time.
+    sent = await produce(kafka, topics["events.raw"], [
+        (str(i % 13).encode(), dumps(txn(i, event_id=None) if i % 10 == 0 else txn(i))) for i in range(n)])
+    wanted = {f"ev-{i}" if i % 10 else derived_event_id(topics["events.raw"], md.partition, md.offset)
+              for i, md in enumerate(sent)}
     port = free_port()
     svc = ServiceProcess("services.ingest", {**service_env, "INGEST_PORT": str(port)}, port=port,
                          log_dir=tmp_path)
@@ -210,8 +208,8 @@ async def test_bridge_restart_mid_stream_loses_no_raw_record(service_env, topics
                                    until=lambda recs: len({loads(r.value)["event_id"] for r in recs}) >= n)
     finally:
         svc.stop()
-    ids = {loads(r.value)["event_id"] for r in records}
-    assert ids == {f"ev-{i}" for i in range(n)}  # duplicates allowed (at-least-once), losses not
+    ids = set(event_ids(records))
+    assert ids == wanted  # duplicates allowed (at-least-once), losses and new ids for a redelivery not
 
 
 # ---------------------------------------------------------------- issue 9: clock, size, progress
@@ -243,7 +241,7 @@ async def test_event_times_ahead_of_the_clock_are_refused_on_http_and_dead_lette
     sources = {header_dict(d.headers)["dlq.source.topic"] for d in dlq}
     assert sources == {topics["events.raw"], topics["labels.raw"]}
     events = await read_topic(kafka, topics["events"], expect=2)
-    assert sorted(loads(e.value)["event_id"] for e in events) == ["ev-1", "ev-3"]
+    assert sorted(event_ids(events)) == ["ev-1", "ev-3"]
     assert 'loopline_ingest_rejected_total{kind="event",reason="future",source="kafka"} 1.0' in \
         httpx.get(f"{ingest.url}/metrics").text
 
@@ -252,8 +250,7 @@ async def test_event_times_ahead_of_the_clock_are_refused_on_http_and_dead_lette
 def unbounded_ingest(service_env, topics, tmp_path):
     """Ingest with a spec whose entity key has no max_length, so one event can outgrow Kafka's 1 MiB."""
     spec = tmp_path / "unbounded.yaml"
-    spec.write_text(ROOT.joinpath("examples/fraud/pipeline.yaml").read_text().replace(
-        "user_id: {type: string, max_length: 64}", "user_id: {type: string}"))
+    spec.write_text(fraud_text(user_max_length=None))
     svc = ServiceProcess("services.ingest", {**service_env, "LOOPLINE_SPEC_PATH": str(spec),
                                               "INGEST_PORT": str(port := free_port())},
                          port=port, log_dir=tmp_path).start()
@@ -266,7 +263,7 @@ async def test_oversized_records_are_rejected_or_dead_lettered_and_the_bridge_go
     svc = unbounded_ingest
     # HTTP: an event whose record would be ~1.8 MB (the entity is in the key, `entity` and `data`) is
     # rejected on its own; before, it failed the whole request with 503.
-    huge = txn(0, user="u" * 600_000)
+    huge = txn(0, user_id="u" * 600_000)
     r = httpx.post(f"{svc.url}/v1/events", json=[txn(1), huge], timeout=30)
     assert r.status_code == 207, r.text
     assert r.json()["event_ids"] == ["ev-1"]
@@ -288,7 +285,7 @@ async def test_oversized_records_are_rejected_or_dead_lettered_and_the_bridge_go
 
     events = await read_topic(kafka, topics["events"], expect=11, timeout_s=60)
     wanted = ["ev-1"] + [f"ev-{i}" for i in range(10, 20)]
-    assert sorted(loads(e.value)["event_id"] for e in events) == sorted(wanted)
+    assert sorted(event_ids(events)) == sorted(wanted)
     dead = await read_topic(kafka, topics["events.dlq"], expect=2)
     dlq = {int(header_dict(d.headers)["dlq.source.offset"]): d for d in dead}
     big, too_large = dlq[md_big.offset], dlq[md_huge.offset]
@@ -333,7 +330,7 @@ async def test_a_bridge_that_cannot_produce_fails_readiness_and_stops_promptly(
         # fixed: the same batch goes through, nothing lost, ready again
         await _set_topic_config(kafka, topics["events"], {"max.message.bytes": "1048588"})
         events = await read_topic(kafka, topics["events"], expect=1, timeout_s=30)
-        assert [loads(e.value)["event_id"] for e in events] == ["ev-1"]
+        assert event_ids(events) == ["ev-1"]
         wait_until(lambda: httpx.get(f"{svc.url}/readyz").status_code == 200, 30, "readyz 200 again")
 
         # stuck again; SIGTERM ends the retry loop at once, and the batch stays uncommitted
@@ -347,7 +344,7 @@ async def test_a_bridge_that_cannot_produce_fails_readiness_and_stops_promptly(
         await _set_topic_config(kafka, topics["events"], {"max.message.bytes": "1048588"})
         svc.start()
         events = await read_topic(kafka, topics["events"], expect=2, timeout_s=30)
-        assert sorted(loads(e.value)["event_id"] for e in events) == ["ev-1", "ev-2"]
+        assert sorted(event_ids(events)) == ["ev-1", "ev-2"]
     finally:
         await producer.stop()
         svc.stop()

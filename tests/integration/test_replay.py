@@ -7,15 +7,12 @@ import sys
 
 import pytest
 
-from shared.serialization import dumps, loads
+from shared.events import Event, Label
+from shared.serialization import dumps
+from tests.data import txn, wire
 from tests.support import ROOT, read_topic
 
 pytestmark = pytest.mark.integration
-
-
-def txn(i: int, **extra) -> dict:
-    return {"event_id": f"r-{i}", "user_id": f"u{i % 3}", "amount": 1.0 + i, "merchant_category": "fuel",
-            "country": "DE", "channel": "web", "ts": f"2026-02-01T10:00:{i:02d}Z", **extra}
 
 
 def replay(service_env, *args: str) -> subprocess.CompletedProcess:
@@ -26,7 +23,9 @@ def replay(service_env, *args: str) -> subprocess.CompletedProcess:
 
 async def test_replay_a_file_then_a_topic_range(kafka, topics, service_env, tmp_path):
     path = tmp_path / "history.ndjson"
-    path.write_bytes(b"\n".join(dumps(txn(i)) for i in range(20)) + b"\n" + dumps(txn(20, amount=-1)) + b"\n")
+    history = [txn(i, prefix="r-", user_id=f"u{i % 3}") for i in range(20)]
+    history.append(txn(20, prefix="r-", amount=-1))
+    path.write_bytes(b"".join(dumps(e) + b"\n" for e in history))
 
     dry = replay(service_env, "--file", str(path), "--dry-run")
     assert dry.returncode == 0, dry.stderr
@@ -36,7 +35,7 @@ async def test_replay_a_file_then_a_topic_range(kafka, topics, service_env, tmp_
     done = replay(service_env, "--file", str(path))
     assert done.returncode == 0 and "replayed into" in done.stdout and "20 events; 1 invalid" in done.stdout
     records = await read_topic(kafka, topics["events"], expect=20)
-    events = [loads(r.value) for r in records]
+    events = [wire(r.value, Event) for r in records]
     assert sorted(e["event_id"] for e in events) == sorted(f"r-{i}" for i in range(20))
     assert {e["source"] for e in events} == {"replay"} and {r.key for r in records} == {b"u0", b"u1", b"u2"}
 
@@ -46,7 +45,7 @@ async def test_replay_a_file_then_a_topic_range(kafka, topics, service_env, tmp_
     replayed = int(again.stdout.split("events;")[0].split()[-1])
     assert 3 <= replayed <= 9
     after = await read_topic(kafka, topics["events"], expect=20 + replayed)
-    ids = [loads(r.value)["event_id"] for r in after]
+    ids = [wire(r.value, Event)["event_id"] for r in after]
     assert len(ids) == 20 + replayed and set(ids) == {f"r-{i}" for i in range(20)}  # same ids: dedup downstream
 
 
@@ -59,6 +58,6 @@ async def test_replay_labels_keeps_observed_at_and_refuses_labels_without_it(kaf
     assert done.returncode == 0, done.stderr
     assert "5 labels; 1 invalid" in done.stdout and "needs observed_at" in done.stderr
     records = await read_topic(kafka, topics["labels"], expect=5)
-    labels = {loads(r.value)["target_event_id"]: loads(r.value) for r in records}
+    labels = {lb["target_event_id"]: lb for r in records for lb in [wire(r.value, Label)]}
     assert set(labels) == {f"r-{i}" for i in range(5)} and {r.key for r in records} == {f"r-{i}".encode() for i in range(5)}
     assert labels["r-3"]["occurred_at"] == "2026-02-03T10:00:03Z" and labels["r-3"]["value"] is False

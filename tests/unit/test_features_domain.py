@@ -9,46 +9,24 @@ from services.features.domain import (
     LABEL_CLOCK, WORKER_CLOCK, JoinTable, LabelClock, LabelJoin, Rejected, decode_event, decode_expiry,
     decode_join_input, expiry_key, process_event,
 )
-from shared.events import EventValidator, Label, label_id
+from shared.events import FeatureSnapshot
 from shared.features import FeatureEngine, FeatureStore
-from shared.serialization import dumps, loads
-from shared.spec import load_spec
-from tests.unit.test_features_engine import DictKV
+from shared.serialization import dumps
+from tests.data import FRAUD, TXN, DictKV, JoinKV, envelope, label, snapshot, txn, wire
 
-SPEC = load_spec("examples/fraud/pipeline.yaml")  # max_delay 7 d, allowed lateness 5 min
-VALIDATOR = EventValidator(SPEC)
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 DAY = 86_400.0
 
 
-class View(DictKV):
-    def items_from(self, start: bytes):
-        return iter(sorted((k, v) for k, v in self.items() if k >= start))
-
-
-def iso(t: datetime) -> str:
-    return t.isoformat().replace("+00:00", "Z")
-
-
-def event(eid: str, at: datetime, user: str = "u", **extra) -> dict:
-    fields = {"user_id": user, "amount": 10.0, "merchant_category": "fuel", "country": "DE", "channel": "web",
-              "ts": iso(at), **extra}
-    return VALIDATOR.envelope(VALIDATOR.validate(fields), source="http", ingested_at=T0, event_id=eid)
-
-
-def snapshot(eid: str, at: datetime) -> dict:
-    return {**event(eid, at), "type": "snapshot", "features": {}}
-
-
-def label(eid: str, observed: datetime, value=True) -> dict:
-    return Label(event_id=label_id(eid), occurred_at=observed, target_event_id=eid, value=value,
-                 ingested_at=T0, source="http").model_dump(mode="json")
+def event(eid: str, at: datetime, **fields) -> dict:
+    """The `Event` record of a fraud event with id `eid` at `at` (user u1)."""
+    return envelope(txn(ts=at, **fields), event_id=eid)
 
 
 # ---------------------------------------------------------------- events
 
 def test_process_event_rejects_far_future_oversized_and_undecodable_events():
-    store, kv = FeatureStore(FeatureEngine(SPEC)), DictKV()
+    store, kv = FeatureStore(FeatureEngine(FRAUD)), DictKV()
     now = T0.timestamp()
 
     def run(record, max_bytes=900_000):
@@ -66,7 +44,7 @@ def test_process_event_rejects_far_future_oversized_and_undecodable_events():
     with pytest.raises(Rejected) as exc:
         run(bad_category)
     assert exc.value.code == "invalid" and "country" in str(exc.value)
-    assert len(store.state(kv, 0, b"u")) == 2  # nothing rejected changed the state
+    assert len(store.state(kv, 0, b"u1")) == 2  # nothing rejected changed the state
     for raw, code in [(b"{", "invalid_json"), (b"[]", "invalid"), (dumps({"event_id": "x"}), "invalid"),
                       (dumps({**event("f", T0), "entity": 5}), "invalid"), (None, "invalid")]:
         with pytest.raises(Rejected) as exc:
@@ -75,32 +53,33 @@ def test_process_event_rejects_far_future_oversized_and_undecodable_events():
 
 
 def test_a_resent_event_id_with_a_changed_payload_gets_the_original_snapshot_byte_for_byte():
-    store, kv = FeatureStore(FeatureEngine(SPEC)), DictKV()
+    store, kv = FeatureStore(FeatureEngine(FRAUD)), DictKV()
     now = T0.timestamp() + DAY
     first = process_event(store, kv, 0, event("a", T0), now=now, max_future_s=300, max_bytes=900_000)
     process_event(store, kv, 0, event("b", T0 + timedelta(minutes=1)), now=now, max_future_s=300, max_bytes=900_000)
     again = process_event(store, kv, 0, event("a", T0 + timedelta(minutes=2), amount=99.0), now=now,
                           max_future_s=300, max_bytes=900_000)
     assert again.status == "duplicate" and again.snapshot == first.snapshot
-    assert loads(again.snapshot)["data"]["amount"] == 10.0
+    assert wire(again.snapshot, FeatureSnapshot)["data"]["amount"] == TXN["amount"]
 
 
 # ---------------------------------------------------------------- the join
 
-def join() -> tuple[JoinTable, View, LabelClock]:
-    return JoinTable(LabelJoin(SPEC, wall_grace_s=DAY)), View(), LabelClock()
+def join() -> tuple[JoinTable, JoinKV, LabelClock]:
+    return JoinTable(LabelJoin(FRAUD, wall_grace_s=DAY)), JoinKV(), LabelClock()
 
 
 def feed_label(table, view, clock, eid, observed, now=0.0):
     clock.observe(0, observed.timestamp())
-    return table.apply(view, eid.encode(), "label", label(eid, observed), ["labels", 0, 1], now)
+    return table.apply(view, eid.encode(), "label", label(eid, observed=observed), ["labels", 0, 1], now)
 
 
 def test_a_label_within_max_delay_joins_however_far_snapshots_ran_ahead():
     """Replayed history: 30 days of snapshots first, then the labels (each a day after its event)."""
     table, view, clock = join()
     for d in range(30):
-        table.apply(view, f"e{d}".encode(), "snapshot", snapshot(f"e{d}", T0 + timedelta(days=d)), ["s", 0, d], 0.0)
+        snap = snapshot(event(f"e{d}", T0 + timedelta(days=d)))
+        table.apply(view, f"e{d}".encode(), "snapshot", snap, ["s", 0, d], 0.0)
         assert table.sweep(view, clock.now(0), 0.0) == []  # snapshot time does not expire anything
     examples = []
     for d in range(30):
@@ -112,7 +91,7 @@ def test_a_label_within_max_delay_joins_however_far_snapshots_ran_ahead():
 
 def test_an_unlabelled_snapshot_expires_on_the_label_clock_and_is_returned_for_the_dead_letter_topic():
     table, view, clock = join()
-    table.apply(view, b"never", "snapshot", snapshot("never", T0), ["snapshots.by-event", 2, 17], 0.0)
+    table.apply(view, b"never", "snapshot", snapshot(event("never", T0)), ["snapshots.by-event", 2, 17], 0.0)
     due = T0 + timedelta(days=7, minutes=5)
     feed_label(table, view, clock, "x1", due)
     feed_label(table, view, clock, "x2", due)  # the clock is the second-largest label time: exactly due
@@ -138,7 +117,7 @@ def test_one_far_future_label_does_not_move_the_clock():
 
 def test_labels_before_their_event_or_too_late_are_refused_and_not_dead_lettered_twice():
     table, view, clock = join()
-    table.apply(view, b"a", "snapshot", snapshot("a", T0), ["s", 0, 1], 0.0)
+    table.apply(view, b"a", "snapshot", snapshot(event("a", T0)), ["s", 0, 1], 0.0)
     res = feed_label(table, view, clock, "a", T0 - timedelta(seconds=1))
     assert res.status == "label_before_event" and "before its event" in res.reason
     res = feed_label(table, view, clock, "a", T0 + timedelta(days=7, seconds=1))
@@ -160,10 +139,10 @@ def test_every_entry_expires_on_the_worker_clock_too():
 
 def test_decode_join_input_checks_what_the_join_reads():
     now = T0.timestamp()
-    assert decode_join_input("label", dumps(label("a", T0)), now=now, max_future_s=300)["value"] is True
+    assert decode_join_input("label", dumps(label("a", observed=T0)), now=now, max_future_s=300)["value"] is True
     for kind, value, code in [("label", b"x", "invalid_json"), ("label", dumps({"event_id": "a"}), "invalid"),
                               ("snapshot", dumps(event("a", T0)), "invalid"),
-                              ("label", dumps(label("a", T0 + timedelta(hours=1))), "future")]:
+                              ("label", dumps(label("a", observed=T0 + timedelta(hours=1))), "future")]:
         with pytest.raises(Rejected) as exc:
             decode_join_input(kind, value, now=now, max_future_s=300)
         assert exc.value.code == code

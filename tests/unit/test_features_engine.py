@@ -19,10 +19,10 @@ from shared.features import (
     FeatureEngine, FeatureStore, Processed, StateFormatError, event_id_hash, parse_state_key, state_key,
 )
 from shared.serialization import dumps, loads
-from shared.spec import load_spec, parse_spec
+from shared.spec import parse_spec
+from tests.data import FRAUD, DictKV, iso, txn
 from tests.reference import Reference, assert_same
 
-FRAUD = load_spec("examples/fraud/pipeline.yaml")
 START = datetime(2026, 3, 1, tzinfo=timezone.utc).timestamp()
 
 CUSTOM_YAML = """
@@ -84,10 +84,6 @@ def custom_spec(entity: bool = True, definitions: str = CUSTOM_FEATURES):
 # ---------------------------------------------------------------- the pandas reference
 
 # ---------------------------------------------------------------- randomized streams
-
-def iso(t: float) -> str:
-    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat()
-
 
 def fraud_fields(rng: random.Random, entity: str, t: float) -> dict:
     return {
@@ -152,16 +148,6 @@ def make_stream(spec, make_fields, *, seed: int, n: int, entities: int, gap: flo
         sent.append(event)
         out.append(event)
     return out
-
-
-class DictKV(dict):
-    """The FeatureStore's key-value store as a dict (a RocksDB partition in the worker)."""
-
-    def set(self, key: bytes, value: bytes) -> None:
-        self[key] = value
-
-    def delete(self, key: bytes) -> None:
-        self.pop(key, None)
 
 
 def run_and_compare(spec, stream, *, cache_entities: int = 3, hot: int | None = None) -> dict:
@@ -253,11 +239,6 @@ def test_spec_without_windows_matches_pandas():
 
 # ---------------------------------------------------------------- targeted properties
 
-def txn(user: str, t: float, amount: float, cat: str = "grocery", country: str = "DE") -> dict:
-    return {"user_id": user, "amount": amount, "merchant_category": cat, "country": country,
-            "channel": "web", "ts": iso(t)}
-
-
 def feed(engine, state, events):
     return [engine.apply(state, eid, engine.event_time(f), f) for eid, f in events]
 
@@ -265,26 +246,27 @@ def feed(engine, state, events):
 def test_no_look_ahead():
     engine = FeatureEngine(FRAUD)
     state = engine.new_state()
-    feed(engine, state, [(f"a{i}", txn("u", START + 60 * i, 10.0 + i)) for i in range(5)])
-    big = engine.apply(state, "big", START + 300, txn("u", START + 300, 49999.0))
+    feed(engine, state, [(f"a{i}", txn(user_id="u", ts=START + 60 * i, amount=10.0 + i)) for i in range(5)])
+    big = engine.apply(state, "big", START + 300, txn(user_id="u", ts=START + 300, amount=49999.0))
     assert big.status == "new"
     assert big.features["amount_max_24h"] == 14.0 and big.features["last_amount"] == 14.0
     assert big.features["txn_count_1h"] == 5 and big.features["amount_ratio_24h"] == 49999.0 / 12.0
-    after = engine.apply(state, "next", START + 301, txn("u", START + 301, 1.0)).features
+    after = engine.apply(state, "next", START + 301, txn(user_id="u", ts=START + 301, amount=1.0)).features
     assert after["amount_max_24h"] == 49999.0 and after["last_amount"] == 49999.0
     assert after["txn_count_1h"] == 6
     # An out-of-order event sees only earlier *times*: the later-timed events already processed are excluded.
-    early = engine.apply(state, "early", START + 90, txn("u", START + 90, 7.0)).features
+    early = engine.apply(state, "early", START + 90, txn(user_id="u", ts=START + 90, amount=7.0)).features
     assert early["txn_count_1h"] == 2 and early["last_amount"] == 11.0 and early["secs_since_last"] == 30.0
     # ... and it never changes snapshots already emitted; the next event does see it.
-    assert engine.apply(state, "z", START + 302, txn("u", START + 302, 1.0)).features["txn_count_1h"] == 8
+    z = engine.apply(state, "z", START + 302, txn(user_id="u", ts=START + 302, amount=1.0))
+    assert z.features["txn_count_1h"] == 8
 
 
 def test_duplicates_reemit_the_original_record_and_late_events_are_rejected():
     engine = FeatureEngine(FRAUD)
     store, kv = FeatureStore(engine), DictKV()
-    events = [(f"d{i}", txn("u", START + 37 * i + (i % 3) * 100, 5.0 * i, country="FR" if i % 2 else "DE"))
-              for i in range(12)]
+    events = [(f"d{i}", txn(user_id="u", ts=START + 37 * i + (i % 3) * 100, amount=5.0 * i,
+                            country="FR" if i % 2 else "DE")) for i in range(12)]
     first = [store.process(kv, 0, b"u", eid, engine.event_time(f), f, dumps) for eid, f in events]
     assert all(p.status == "new" for p in first)
     before = dict(kv)
@@ -293,29 +275,32 @@ def test_duplicates_reemit_the_original_record_and_late_events_are_rejected():
         again = store.process(kv, 0, b"u", event_id, engine.event_time(fields), fields, dumps)
         assert again == Processed("duplicate", first[i].record) and dict(kv) == before
     # The redelivery is recognized by event_id, whatever its payload: the original record comes back.
-    assert store.process(kv, 0, b"u", "d5", START, txn("u", START, 1.0), dumps).record == first[5].record
+    changed = txn(user_id="u", ts=START, amount=1.0)
+    assert store.process(kv, 0, b"u", "d5", START, changed, dumps).record == first[5].record
     state = store.state(kv, 0, b"u")
     late_t = state.max_t - 301
-    assert store.process(kv, 0, b"u", "late-1", late_t, txn("u", late_t, 3.0), dumps) == \
+    assert store.process(kv, 0, b"u", "late-1", late_t, txn(user_id="u", ts=late_t, amount=3.0), dumps) == \
         Processed("late", None, 301.0)
     assert engine.is_late(state, late_t) and not engine.is_late(state, state.max_t - 300)
     assert dict(kv) == before
     ok_t = state.max_t - 300  # exactly at the lateness bound: accepted
-    assert store.process(kv, 0, b"u", "edge", ok_t, txn("u", ok_t, 3.0), dumps).status == "new"
+    edge = txn(user_id="u", ts=ok_t, amount=3.0)
+    assert store.process(kv, 0, b"u", "edge", ok_t, edge, dumps).status == "new"
 
 
 def test_a_render_failure_changes_nothing():
     engine = FeatureEngine(FRAUD)
     store, kv = FeatureStore(engine), DictKV()
-    store.process(kv, 0, b"u", "a", START, txn("u", START, 1.0), dumps)
+    store.process(kv, 0, b"u", "a", START, txn(user_id="u", ts=START, amount=1.0), dumps)
     before, arrivals = dict(kv), store.state(kv, 0, b"u").arrivals()
 
     def refuse(features):
         raise ValueError("too large")
+    b = txn(user_id="u", ts=START + 1, amount=2.0)
     with pytest.raises(ValueError):
-        store.process(kv, 0, b"u", "b", START + 1, txn("u", START + 1, 2.0), refuse)
+        store.process(kv, 0, b"u", "b", START + 1, b, refuse)
     assert dict(kv) == before and store.state(kv, 0, b"u").arrivals() == arrivals
-    assert store.process(kv, 0, b"u", "b", START + 1, txn("u", START + 1, 2.0), dumps).status == "new"
+    assert store.process(kv, 0, b"u", "b", START + 1, b, dumps).status == "new"
 
 
 def test_decoded_state_continues_identically():
@@ -345,7 +330,7 @@ def test_state_of_other_features_or_corrupt_records_is_refused():
     engine = FeatureEngine(FRAUD)
     store, kv = FeatureStore(engine), DictKV()
     for i in range(features.CHUNK + 3):
-        store.process(kv, 0, b"u", f"x{i}", START + i, txn("u", START + i, 1.0), dumps)
+        store.process(kv, 0, b"u", f"x{i}", START + i, txn(user_id="u", ts=START + i, amount=1.0), dumps)
     head = kv[state_key(b"u", b"h")]
     chunk_key = state_key(b"u", b"c", features._U64.pack(0))
     assert engine.chunks_of(head) == range(0, 1) and chunk_key in kv
@@ -376,7 +361,8 @@ def busy_entity(n: int, gap: float, seed: int = 3) -> list[tuple[str, dict]]:
     """n events of one user, `gap` seconds apart, a fifth of them up to 200 s out of order."""
     rng = random.Random(seed)
     cats = FRAUD.event.fields["merchant_category"].values
-    return [(f"e{i}", txn("u", t, round(rng.lognormvariate(3, 1), 2), cat=cats[i % 7]))
+    return [(f"e{i}", txn(user_id="u", ts=t, amount=round(rng.lognormvariate(3, 1), 2),
+                          merchant_category=cats[i % 7]))
             for i in range(n)
             for t in [START + i * gap - (rng.uniform(0, 200) if rng.random() < 0.2 else 0.0)]]
 

@@ -4,15 +4,10 @@ from __future__ import annotations
 import importlib.util
 import sys
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 
-from shared.events import EventValidator
-from shared.spec import load_spec
-
-ROOT = Path(__file__).resolve().parents[2]
-SPEC_PATH = ROOT / "examples" / "fraud" / "pipeline.yaml"
+from tests.data import ROOT, VALIDATOR
 
 
 def _load_generator():
@@ -53,9 +48,8 @@ def test_same_seed_same_stream_different_seed_different_stream():
 
 
 def test_events_validate_against_the_spec(drifted):
-    validator = EventValidator(load_spec(SPEC_PATH))
     for i, (event, _) in enumerate(drifted):
-        validator.validate(event)  # raises ValidationFailed on any mismatch
+        VALIDATOR.validate(event)  # raises ValidationFailed on any mismatch
         assert event["event_id"] == f"fraud-42-{i}"
         assert 0 < event["amount"] <= 50000 and event["amount"] == round(event["amount"], 2)
         assert event["ts"].endswith("Z") and len(event["ts"]) == len("2026-01-01T00:00:00.000Z")

@@ -12,16 +12,12 @@ from shared.kafka import ConsumerStopped
 from services.ingest.domain import Limits
 from services.ingest.metrics import IngestMetrics
 from shared.errors import KafkaUnavailable
-from shared.events import EventValidator
+from shared.events import Event
 from shared.kafka import DLQ_MAX_VALUE_BYTES, header_dict
-from shared.serialization import dumps, loads
+from shared.serialization import dumps
 from shared.settings import KafkaSettings
-from shared.spec import load_spec
 from shared.topics import Topics
-
-V = EventValidator(load_spec("examples/fraud/pipeline.yaml"))
-GOOD = {"user_id": "u1", "amount": 12.5, "merchant_category": "fuel", "country": "DE", "channel": "web",
-        "ts": "2026-11-26T10:00:00Z"}
+from tests.data import TXN as GOOD, VALIDATOR as V, wire
 
 
 class FakePublisher:
@@ -137,7 +133,7 @@ async def test_invalid_and_oversized_records_are_dead_lettered_in_the_same_batch
     records = [rec(dumps(GOOD), 0), rec(huge_invalid, 1), rec(dumps({**GOOD, "user_id": "u" * 64}), 2),
                rec(dumps({**GOOD, "ts": "9999-12-31T23:59:59Z"}), 3)]
     await b.handle(records)
-    assert [loads(v)["data"]["user_id"] for _, v, _ in pub.sent["events"]] == ["u1", "u" * 64]
+    assert [wire(v, Event)["data"]["user_id"] for _, v, _ in pub.sent["events"]] == ["u1", "u" * 64]
     dlq = pub.sent["events.dlq"]
     assert len(dlq) == 2
     (_, big_value, big_headers), (_, future_value, future_headers) = dlq

@@ -1,6 +1,5 @@
 """Ingest's pure logic: body decoding and batch checks."""
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from aiokafka import ConsumerRecord
@@ -8,14 +7,12 @@ from aiokafka import ConsumerRecord
 from services.ingest.domain import (
     NO_EVENTS, BadRequest, Limits, check_events, check_labels, check_raw, decode_body,
 )
-from shared.events import EventValidator, derived_event_id
-from shared.serialization import dumps, loads
-from shared.spec import load_spec, parse_spec
+from shared.events import Event, EventValidator, derived_event_id
+from shared.serialization import dumps
+from shared.spec import parse_spec
+from tests.data import TXN as GOOD, VALIDATOR as V, fraud_text, wire
 
-V = EventValidator(load_spec("examples/fraud/pipeline.yaml"))
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
-GOOD = {"user_id": "u1", "amount": 12.5, "merchant_category": "fuel", "country": "DE", "channel": "web",
-        "ts": "2026-11-26T10:00:00Z"}
 
 
 def test_decode_object_array_and_ndjson():
@@ -50,7 +47,7 @@ def test_partial_batch_keeps_good_events_and_indexes_bad_ones():
     assert [o.event_id for o in checked.accepted][1] == "mine"
     assert [o.key for o in checked.accepted] == [b"u1", b"u2"]
     assert [(r.index, r.field, r.code) for r in checked.rejected] == [(1, "amount", "out_of_range")]
-    record = loads(checked.accepted[1].value)
+    record = wire(checked.accepted[1].value, Event)
     assert record["source"] == "http" and record["ingested_at"] == "2026-11-26T12:00:00Z"
 
 
@@ -101,9 +98,7 @@ def test_event_times_ahead_of_the_clock_are_rejected_per_record_on_both_paths():
 
 # The fraud spec bounds every string; without max_length on the entity key an event can outgrow Kafka's
 # 1 MiB record limit (the entity is in the key, in `entity` and in `data`).
-UNBOUNDED = EventValidator(parse_spec(
-    Path("examples/fraud/pipeline.yaml").read_text().replace("user_id: {type: string, max_length: 64}",
-                                                             "user_id: {type: string}")))
+UNBOUNDED = EventValidator(parse_spec(fraud_text(user_max_length=None)))
 
 
 def test_records_over_the_size_limit_are_rejected_per_record_with_code_too_large():

@@ -7,9 +7,7 @@ import pytest
 
 from shared.errors import SpecError
 from shared.spec import load_spec, parse_duration, parse_spec
-
-EXAMPLE = Path("examples/fraud/pipeline.yaml")
-TEXT = EXAMPLE.read_text()
+from tests.data import FRAUD_PATH as EXAMPLE, FRAUD_TEXT as TEXT, fraud_text
 
 
 def test_example_spec_is_valid():
@@ -81,8 +79,7 @@ def test_not_yaml_and_missing_file():
 
 
 def test_spec_without_entity_is_valid():
-    text = TEXT.replace("entity:\n  key: user_id\n", "")
-    assert parse_spec(text).entity is None
+    assert parse_spec(fraud_text(entity=False)).entity is None
 
 
 # ---------------------------------------------------------------- every error in one run (issue 9, item 9)
@@ -192,18 +189,11 @@ def test_a_boolean_key_is_named_as_written_with_the_quoting_hint():
 
 
 def test_multiclass_classes_written_as_numbers():
-    text = TEXT.replace("type: binary", "type: multiclass\n  classes: [0, 1, 2]").replace(
-        "primary: roc_auc", "primary: accuracy").replace("report: [pr_auc, log_loss, recall, precision]", "report: []")
-    text = text.replace("algorithm: logistic_regression}", "algorithm: hoeffding_tree}", 1)
-    assert parse_spec(text).label.classes == ["0", "1", "2"]
-
-
-def binary_text(classes: str) -> str:
-    return TEXT.replace("type: binary", f"type: binary\n  classes: {classes}")
+    assert parse_spec(fraud_text(label="multiclass", classes="[0, 1, 2]")).label.classes == ["0", "1", "2"]
 
 
 def test_binary_label_with_named_classes():
-    assert parse_spec(binary_text("[declined, approved]")).label.classes == ["declined", "approved"]
+    assert parse_spec(fraud_text(classes="[declined, approved]")).label.classes == ["declined", "approved"]
 
 
 @pytest.mark.parametrize("classes, reason", [
@@ -214,12 +204,12 @@ def test_binary_label_with_named_classes():
 ])
 def test_binary_classes_mistakes(classes, reason):
     with pytest.raises(SpecError, match=r"label.classes \(line 26\): " + re.escape(reason)):
-        parse_spec(binary_text(classes))
+        parse_spec(fraud_text(classes=classes))
 
 
 def test_multiclass_still_needs_three_classes():
     with pytest.raises(SpecError, match="at least 3"):
-        parse_spec(TEXT.replace("type: binary", "type: multiclass\n  classes: [a, b]"))
+        parse_spec(fraud_text(label="multiclass", classes="[a, b]"))
 
 
 # ---------------------------------------------------------------- feature language, models, metrics (item 11)
