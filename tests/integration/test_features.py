@@ -12,12 +12,12 @@ from datetime import datetime
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.partitioner import murmur2
 
 from examples.fraud.generate import GeneratorConfig, generate
 from shared.events import FeatureSnapshot, TrainingExample
-from shared.kafka import header_dict
+from shared.kafka import make_consumer, header_dict
 from shared.serialization import loads
 from tests.data import FRAUD, envelope, keyed, label, txn, wire
 from tests.reference import Reference, assert_same
@@ -43,7 +43,7 @@ def metric(w: ServiceProcess, name: str) -> float:
 
 
 async def topic_size(kafka, topic: str, partitions: int = 6) -> int:
-    consumer = AIOKafkaConsumer(**kafka.client_kwargs())
+    consumer = make_consumer(kafka, group_id=None)
     await consumer.start()
     try:
         ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
