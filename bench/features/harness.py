@@ -54,19 +54,19 @@ class Harness:
 
     async def join_done(self, watch: OffsetWatcher, topics: Topics, expected: int, svc: ServiceProcess,
                         first_seen: tuple[float, float | None]) -> dict | None:
-        """The worker's join agent reads snapshots.by-event and writes two label-join table entries per
-        snapshot (entry + expiry-index key; its changelog topic, found by name); wait until it has done so
-        for every snapshot. `first_seen`: (monotonic time, worker CPU s) when its work began."""
+        """The worker's join stream reads snapshots.by-event and writes three label-join table entries per
+        snapshot (the entry and its two expiry-index keys; its changelog topic, found by name); wait until it
+        has done so for every snapshot. `first_seen`: (monotonic time, worker CPU s) when its work began."""
         t_snap = time.monotonic()
         t_first, cpu_first = first_seen
         await watch.consumer._client.force_metadata_update()  # noqa: SLF001
         names = [t for t in await watch.consumer.topics()
-                 if t.startswith(topics.prefix) and t.endswith("-label-join-changelog")]
+                 if t.startswith(topics.prefix) and t.endswith(".label-join.changelog")]
         if len(names) != 1:
             log(f"    (label-join changelog topic not found: {names}; join progress not measured)")
             return None
         deadline = time.monotonic() + 60 + expected / 200
-        entries = 2 * expected  # per snapshot: the join entry and its expiry-index key
+        entries = 3 * expected  # per snapshot: the join entry and its two expiry-index keys
         while (n := await watch.end(names[0])) < entries:
             if time.monotonic() > deadline or not svc.running:
                 log(f"    (label join: {n:,} of {entries:,} changelog records after "

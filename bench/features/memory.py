@@ -139,6 +139,6 @@ def report(m: dict) -> None:
         log(f"second half ({n0:,} -> {n1:,} entities): {(r1 - r0) / (n1 - n0) * 100_000:.1f} MiB "
             f"per 100k entities")
     log("Each event is of a new entity, so this counts one entity-state entry and one label-join entry "
-        "(the whole snapshot, kept for the label's max_delay, and its expiry-index key) per event. Both "
+        "(the whole snapshot, kept for the label's max_delay, and its two expiry-index keys) per event. Both "
         "tables are faust RocksDB stores (one DB per partition and table) with the write-buffer and "
-        "block-cache sizes set in services/features/app.py.")
+        "block-cache sizes of the stream runtime (shared/stream/app.py, StreamApp.table).")

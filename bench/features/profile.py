@@ -53,15 +53,15 @@ PROFILE_BUCKETS = [  # (label, substring of a frame) matched from the innermost 
 ]
 
 KEY_FUNCTIONS = [
-    ("compute_features agent", "compute_features (services/features/app.py"),
-    ("join_labels agent", "join_labels (services/features/app.py"),
+    ("event stream handler", "__call__ (services/features/streams.py"),
     ("process_event", "process_event (services/features/domain.py"),
-    ("FeatureEngine.apply", "apply (shared/features.py"),
-    ("FeatureEngine._compute", "_compute (shared/features.py"),
-    ("EntityState.from_bytes (load)", "from_bytes (shared/features.py"),
-    ("EntityState.to_bytes (dump)", "to_bytes (shared/features.py"),
-    ("table get/set (faust)", "faust/tables/"),
-    ("topic send (faust)", "send (faust/topics.py"),
+    ("FeatureStore.process", "process (shared/features.py"),
+    ("FeatureEngine.query", "query (shared/features.py"),
+    ("FeatureEngine.insert", "insert (shared/features.py"),
+    ("FeatureEngine.decode (load)", "decode (shared/features.py"),
+    ("FeatureEngine.encode_head", "encode_head (shared/features.py"),
+    ("table get/set (stream runtime)", "shared/stream/tables.py"),
+    ("runtime send/changelog", "shared/stream/app.py"),
     ("consumer fetch/getmany (aiokafka)", "aiokafka/consumer/"),
     ("producer sender (aiokafka)", "aiokafka/producer/"),
 ]
