@@ -43,8 +43,9 @@ def _event_schema(ctx: Any) -> dict[str, Any]:
     schema = ctx.validator.model.model_json_schema()
     time_field = schema["properties"][ctx.validator.time_field]
     time_field["description"] = (
-        "Event time (RFC 3339; without an offset, UTC). At most LOOPLINE_MAX_FUTURE_S "
-        f"({ctx.limits.max_future.total_seconds():g} s here) ahead of ingest's clock, else code `future`")
+        "Event time (RFC 3339; without an offset, UTC), within years 1-9999 once converted to UTC. At most "
+        f"LOOPLINE_MAX_FUTURE_S ({ctx.limits.max_future.total_seconds():g} s here) ahead of ingest's clock, "
+        "else code `future`")
     return schema
 
 

@@ -21,7 +21,7 @@ from shared.kafka import make_consumer, header_dict
 from shared.serialization import loads
 from tests.data import FRAUD, envelope, keyed, label, txn, wire
 from tests.reference import Reference, assert_same
-from tests.support import ServiceProcess, free_port, produce, read_topic, wait_until
+from tests.support import ServiceProcess, produce, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -50,24 +50,6 @@ async def topic_size(kafka, topic: str, partitions: int = 6) -> int:
         return sum(ends.values())
     finally:
         await consumer.stop()
-
-
-@pytest.fixture
-def worker(service_env, tmp_path):
-    """Factory of feature worker processes; every one is stopped at teardown, pass or fail."""
-    started: list[ServiceProcess] = []
-
-    def make(name: str = "w1", **extra: str) -> ServiceProcess:
-        port = free_port()
-        env = {**service_env, "FEATURES_PORT": str(port), "FEATURES_DATA_DIR": str(tmp_path / name),
-               "FEATURES_OFFLINE_URL": str(tmp_path / "offline"), "FEATURES_OFFLINE_FLUSH_S": "1", **extra}
-        proc = ServiceProcess("services.features", env, port=port, log_dir=tmp_path, ready_timeout=180)
-        started.append(proc)
-        return proc
-
-    yield make
-    for proc in started:
-        proc.stop()
 
 
 def covers(events: list[dict]):

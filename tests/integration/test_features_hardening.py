@@ -64,26 +64,6 @@ SENSOR = EventValidator(parse_spec(GLOBAL_SPEC))
 COURIER = EventValidator(parse_spec(COURIER_SPEC))
 
 
-@pytest.fixture
-def worker(service_env, tmp_path):
-    """Factory of feature workers for a spec given as YAML text; all stopped at teardown."""
-    started: list[ServiceProcess] = []
-
-    def make(spec_yaml: str, name: str = "w1") -> ServiceProcess:
-        spec_path = tmp_path / f"{name}.yaml"
-        spec_path.write_text(spec_yaml)
-        port = free_port()
-        env = {**service_env, "LOOPLINE_SPEC_PATH": str(spec_path), "FEATURES_PORT": str(port),
-               "FEATURES_DATA_DIR": str(tmp_path / name), "FEATURES_OFFLINE": "false"}
-        proc = ServiceProcess("services.features", env, port=port, log_dir=tmp_path, ready_timeout=180)
-        started.append(proc)
-        return proc
-
-    yield make
-    for proc in started:
-        proc.stop()
-
-
 def event(validator: EventValidator, fields: dict, event_id: str) -> tuple[bytes, bytes]:
     """(key, value) of the `Event` record of raw `fields` under `validator`'s spec."""
     return keyed(envelope(fields, validator, event_id=event_id))
@@ -99,7 +79,7 @@ async def test_a_global_stream_with_a_busy_window_is_exact_and_its_records_stay_
     items = [event(SENSOR, {"reading": readings[i], "kind": "abc"[i % 3],
                             "ts": iso(start + timedelta(seconds=2 * i))}, f"g{i}") for i in range(n)]
     await produce(kafka, topics["events"], items)
-    w = worker(GLOBAL_SPEC).start()
+    w = worker(spec_yaml=GLOBAL_SPEC, FEATURES_OFFLINE="false").start()
     snaps = await read_topic(kafka, topics["features"], expect=n, timeout_s=600)
     by_id = {}
     for r in snaps:
@@ -133,7 +113,7 @@ async def test_backfill_sent_faster_than_real_time_loses_no_example(kafka, topic
                                       "distance_km": rng.uniform(0.5, 9), "ts": iso(t)}, f"trip-{i}"))
         labels.append((t + timedelta(minutes=rng.uniform(13, 49)), f"trip-{i}", round(rng.uniform(5, 60), 1)))
     labels.sort()
-    w = worker(COURIER_SPEC).start()
+    w = worker(spec_yaml=COURIER_SPEC, FEATURES_OFFLINE="false").start()
     await produce(kafka, topics["events"], events)
     await read_topic(kafka, topics["features"], expect=3000, timeout_s=300)
     await produce(kafka, topics["labels"], [keyed(label(eid, value, at, source="replay"))
@@ -146,7 +126,7 @@ async def test_backfill_sent_faster_than_real_time_loses_no_example(kafka, topic
 
 
 async def test_a_far_future_event_is_dead_lettered_and_the_join_goes_on(kafka, topics, worker):
-    w = worker(COURIER_SPEC).start()
+    w = worker(spec_yaml=COURIER_SPEC, FEATURES_OFFLINE="false").start()
     start = datetime(2026, 2, 1, 6, tzinfo=timezone.utc)
     future = event(COURIER, {"courier_id": "c1", "distance_km": 1.0, "ts": "9999-12-31T23:59:59Z"}, "far")
     events = [event(COURIER, {"courier_id": f"c{i % 7}", "distance_km": 2.0,
@@ -164,7 +144,7 @@ async def test_a_far_future_event_is_dead_lettered_and_the_join_goes_on(kafka, t
 
 
 async def test_malformed_and_oversized_records_are_dead_lettered_and_the_worker_goes_on(kafka, topics, worker):
-    w = worker(GLOBAL_SPEC).start()
+    w = worker(spec_yaml=GLOBAL_SPEC, FEATURES_OFFLINE="false").start()
     good = [event(SENSOR, {"reading": 1.0, "kind": "a", "ts": f"2026-05-01T00:00:{i:02d}Z"}, f"ok{i}")
             for i in range(10)]
     wrong_kind = loads(good[0][1])
