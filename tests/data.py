@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 from shared.events import GLOBAL_KEY, SCHEMA_VERSION, EventValidator, Label, Wire, label_id
@@ -137,3 +138,39 @@ class JoinKV(DictKV):
 
     def items_from(self, start: bytes):
         return iter(sorted((k, v) for k, v in self.items() if k >= start))
+
+
+# ---------------------------------------------------------------- training examples
+
+def training_examples(spec: PipelineSpec, pairs: Iterable[tuple[dict[str, Any], Any]]) -> list[dict[str, Any]]:
+    """`TrainingExample` records for raw events with their label values (None: unlabelled, skipped),
+    with the features the feature worker computes (the same engine, in arrival order)."""
+    from shared.features import FeatureEngine, FeatureStore
+    from shared.events import EventValidator
+
+    validator = EventValidator(spec)
+    engine = FeatureEngine(spec)
+    store, kv = FeatureStore(engine), DictKV()
+    out = []
+    for raw, value in pairs:
+        event = envelope(raw, validator)
+        fields = event["data"]
+        entity = (engine.entity_of(fields) or GLOBAL_KEY).encode()
+        processed = store.process(kv, 0, entity, event["event_id"], engine.event_time(fields), fields,
+                                  lambda features: dumps(features))
+        if value is None or processed.status != "new":
+            continue
+        out.append({**snapshot(event, loads(processed.record), spec), "type": "training_example",
+                    "label": value, "labelled_at": event["occurred_at"]})
+    return out
+
+
+def fraud_training_examples(n: int, *, seed: int = 7, users: int = 300, spec: PipelineSpec = FRAUD,
+                            drift_at: int | None = None) -> list[dict[str, Any]]:
+    """n labelled fraud examples from examples/fraud/generate.py (more fraud than the demo's 2 %, so
+    a small set still has both classes in every slice)."""
+    from examples.fraud.generate import GeneratorConfig, generate
+
+    config = GeneratorConfig(seed=seed, users=users, events=int(n * 1.1), fraud_rate=0.08, drift_at=drift_at)
+    pairs = [(event, lab["value"] if lab else None) for event, lab in generate(config)]
+    return training_examples(spec, pairs)[:n]

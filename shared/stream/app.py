@@ -30,7 +30,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -54,10 +54,13 @@ LAG_INTERVAL_S = 5.0  # how often the consumer group's lag is read
 
 
 class Output(NamedTuple):
-    """What a handler returns: records to send, and optionally what to run once they are acknowledged."""
+    """What a handler returns: records to send, optionally what to run once they are acknowledged,
+    and optionally what must also be done before the batch is acked (e.g. a checkpoint that covers
+    it: until then its offsets are not committed, so a crash redelivers it)."""
 
     records: list[OutRecord]
     on_acked: Callable[[], None] | None = None
+    hold: Awaitable[Any] | None = None
 
 
 Handler = Callable[[Batch, dict[str, BatchTable]], "Output | list[OutRecord]"]
@@ -273,6 +276,8 @@ class StreamApp(faust.App):
                 for meta in metas:
                     by_changelog[meta.topic].persisted(TP(meta.topic, meta.partition), meta.offset)
                 stored.set_result(None)
+                if out.hold is not None:
+                    await out.hold
             except asyncio.CancelledError:
                 for fut in (queued, stored, done):
                     fut.cancel()
@@ -285,6 +290,16 @@ class StreamApp(faust.App):
 
         asyncio.ensure_future(store_then_changelog())
         return done
+
+    async def emit(self, records: list[OutRecord]) -> None:
+        """Produce records outside any batch (e.g. the result of background work) and wait for their
+        acknowledgement; raises if the broker does not acknowledge them in time."""
+        timeout = self.settings.output_timeout_s
+        try:
+            sent = await asyncio.wait_for(send_batched(self.kafka_producer, records), timeout)
+            await asyncio.wait_for(asyncio.gather(*sent), timeout)
+        except asyncio.TimeoutError:
+            raise OutputStalled(f"records not acknowledged within {timeout:g}s") from None
 
     def _changelog(self, records: list[OutRecord]) -> asyncio.Future[Any]:
         """Queue changelog records for the next flush; returns what resolves (to the flush's

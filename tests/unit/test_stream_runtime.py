@@ -302,3 +302,24 @@ def test_changelog_records_follow_each_keys_last_write():
     table.delete(0, b"old")
     assert [(r.key, r.value) for r in table.changelog_records(table.take_batch())] == [
         (b"seen", b"x"), (b"head", b"2"), (b"old", None)]
+
+
+async def test_a_batch_with_a_hold_is_acked_only_once_the_hold_is_done(monkeypatch):
+    """The trainer holds a batch until the checkpoint that covers it is published."""
+    app = _app("runtime-test-hold")
+    producer = _Producer()
+    monkeypatch.setattr(runtime_app.StreamApp, "kafka_producer", property(lambda self: producer))
+    hold = asyncio.get_running_loop().create_future()
+    done = await app._send(runtime_app.Output([OutRecord("out", b"k", b"x", None, 0)], hold=hold), [])
+    await asyncio.sleep(app.settings.changelog_linger_s * 3)
+    assert producer.requests and not done.done()  # output sent and acknowledged, the batch still held
+    hold.set_result(None)
+    await asyncio.wait_for(done, 1)
+
+
+async def test_emit_sends_outside_a_batch_and_waits_for_the_acks(monkeypatch):
+    app = _app("runtime-test-emit")
+    producer = _Producer()
+    monkeypatch.setattr(runtime_app.StreamApp, "kafka_producer", property(lambda self: producer))
+    await app.emit([OutRecord("models", b"m:1", b"{}", None, 0)])
+    assert producer.requests == [("models", 0, [(b"m:1", b"{}")])]
