@@ -353,7 +353,8 @@ def _holdout_metric(name: str, spec: PipelineSpec, y: np.ndarray, p: Predictions
         case "log_loss" if spec.label.type == "binary":
             return m.log_loss(y, p.scores, labels=[0, 1])
         case "log_loss":
-            classes = list(spec.label.classes or ())
+            # log_loss takes the probability columns in sorted label order, whatever `labels` says.
+            classes = sorted(spec.label.classes or ())
             return m.log_loss(y, _normalized(_align(p.proba, p.classes, classes)), labels=classes)
         case "accuracy":
             return m.accuracy_score(y, p.labels)
