@@ -14,14 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
 
 from shared.errors import SpecError
 from shared.serialization import parse_time, to_utc
 from shared.spec import ALGORITHMS, METRICS, ModelCandidate, PipelineSpec, number_text
 
 __all__ = ["Predictions", "PrequentialMetrics", "SEED", "Vectorizer", "beats", "bin_counts", "build_model",
-           "constructor_params", "encode_label", "higher_is_better", "holdout_metrics", "meets_minimum",
-           "model_classes", "predict", "predict_one_river", "quantile_edges", "reference_statistics"]
+           "constructor_params", "DropEmptyColumns", "encode_label", "higher_is_better", "holdout_metrics",
+           "meets_minimum", "model_classes", "predict", "predict_one_river", "quantile_edges", "reference_statistics"]
 
 SEED = 42  # random_state / seed of every estimator whose params do not set one: reruns give the same model
 _NAN = float("nan")
@@ -181,13 +182,19 @@ def build_model(candidate: ModelCandidate, spec: PipelineSpec) -> Any:
     """A fresh, unfitted model for a spec candidate (see the module's _SCALED for what gets scaled).
 
     river: ``StandardScaler | estimator`` for linear and naive Bayes models, else the estimator.
-    sklearn: ``Pipeline(SimpleImputer(median), StandardScaler, estimator)`` for linear models, else
-    the estimator (the tree ensembles take NaN as it is). Raises SpecError for bad params."""
+    sklearn: ``Pipeline(SimpleImputer(median), StandardScaler, estimator)`` for linear models (a column
+    that was all missing in training is imputed as 0, which the scaler keeps 0); ``Pipeline(DropEmptyColumns,
+    estimator)`` for hist_gradient_boosting; the random forest alone. The tree ensembles take NaN
+    as it is. Raises SpecError for bad params."""
     cls = _estimator_class(candidate, spec)
     try:
         estimator = cls(**constructor_params(candidate, spec))
     except (TypeError, ValueError) as exc:
         raise SpecError(f"model '{candidate.name}': bad params for {cls.__name__}: {exc}") from None
+    if candidate.library == "sklearn" and candidate.algorithm == "hist_gradient_boosting":
+        from sklearn.pipeline import Pipeline
+
+        return Pipeline([("drop_empty", DropEmptyColumns()), ("model", estimator)])
     if candidate.algorithm not in _SCALED[candidate.library]:
         return estimator
     if candidate.library == "river":
@@ -198,8 +205,26 @@ def build_model(candidate: ModelCandidate, spec: PipelineSpec) -> Any:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler()),
+    return Pipeline([("impute", SimpleImputer(strategy="median", keep_empty_features=True)), ("scale", StandardScaler()),
                      ("model", estimator)])
+
+
+class DropEmptyColumns(TransformerMixin, BaseEstimator):
+    """Drops the columns that were all missing (NaN) when fitted; the others pass unchanged, NaN included.
+
+    scikit-learn 1.9.1's HistGradientBoosting fails to fit ("window shape cannot be larger than input
+    array shape") on a column without any value, which happens whenever an optional field or a
+    feature is never present in a training set. VarianceThreshold would also drop a column that is
+    constant where present, losing what its missingness says; this drops only the empty ones."""
+
+    def fit(self, X: Any, y: Any = None) -> DropEmptyColumns:
+        X = np.asarray(X, dtype=np.float64)
+        self.keep_ = ~np.isnan(X).all(axis=0)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        return np.asarray(X, dtype=np.float64)[:, self.keep_]
 
 
 @dataclass(frozen=True)

