@@ -214,9 +214,10 @@ class ModelVersion(Wire):
 
     name: Name = Field(description="The spec's model candidate name (models[].name)")
     version: int = Field(ge=1, description="Version number, counted per candidate name from 1")
-    stage: Stage = Field(description="candidate (trained, not yet judged), champion (serves traffic), challenger "
-                                     "(passed the gate, may replace the champion), shadow (scored alongside "
-                                     "the champion, not served), rejected (failed the gate), archived (retired)")
+    stage: Stage = Field(description=(
+        "candidate (trained, not yet judged), champion (serves traffic), challenger (passed the gate, may "
+        "replace the champion), shadow (scored alongside the champion, not served), rejected (failed the "
+        "gate), archived (retired)"))
     library: Literal["river", "sklearn"] = Field(description="Library of the model")
     algorithm: str = Field(description="Algorithm name from shared.spec.ALGORITHMS")
     task: Literal["binary", "multiclass", "regression"] = Field(description="The spec's label type")
@@ -247,7 +248,8 @@ class ModelVersion(Wire):
 
     def staged(self, stage: Stage, *, at: datetime, reason: str = "") -> ModelVersion:
         """The record of this version moved to `stage` at `at` (validated, unlike model_copy)."""
-        return ModelVersion.model_validate({**self.model_dump(), "stage": stage, "updated_at": at, "reason": reason})
+        changed = {"stage": stage, "updated_at": at, "reason": reason}
+        return ModelVersion.model_validate({**self.model_dump(), **changed})
 
 
 # ---------------------------------------------------------------- serving → predictions

@@ -22,7 +22,8 @@ from shared.spec import ALGORITHMS, METRICS, ModelCandidate, PipelineSpec, numbe
 
 __all__ = ["Predictions", "PrequentialMetrics", "SEED", "Vectorizer", "beats", "bin_counts", "build_model",
            "constructor_params", "DropEmptyColumns", "encode_label", "higher_is_better", "holdout_metrics",
-           "meets_minimum", "model_classes", "predict", "predict_one_river", "quantile_edges", "reference_statistics"]
+           "meets_minimum", "model_classes", "predict", "predict_one_river", "quantile_edges",
+           "reference_statistics"]
 
 SEED = 42  # random_state / seed of every estimator whose params do not set one: reruns give the same model
 _NAN = float("nan")
@@ -130,7 +131,8 @@ class Vectorizer:
 
     def river_x(self, features: dict[str, Any], data: dict[str, Any]) -> dict[str, float]:
         """The same values as `row`, keyed by column name, without the missing ones (river's way)."""
-        return {c: float(v) for c, v in zip(self.columns, self._values(features, data)) if v is not None and v == v}
+        values = self._values(features, data)
+        return {c: float(v) for c, v in zip(self.columns, values) if v is not None and v == v}
 
 
 def encode_label(spec: PipelineSpec, value: Any) -> int | str | float:
@@ -165,12 +167,13 @@ def _import(path: str) -> type:
 def _estimator_class(candidate: ModelCandidate, spec: PipelineSpec) -> type:
     path = ALGORITHMS[candidate.library][candidate.algorithm].get(spec.label.type)
     if path is None:  # the spec check refuses this; a hand-made candidate might not have passed it
-        raise SpecError(f"model '{candidate.name}': '{candidate.algorithm}' does not fit a {spec.label.type} label")
+        reason = f"'{candidate.algorithm}' does not fit a {spec.label.type} label"
+        raise SpecError(f"model '{candidate.name}': {reason}")
     return _import(path)
 
 
 def constructor_params(candidate: ModelCandidate, spec: PipelineSpec) -> dict[str, Any]:
-    """The parameters `build_model` passes to the estimator: the candidate's, plus the seed if it takes one."""
+    """The parameters `build_model` passes to the estimator: the candidate's, plus a seed if it takes one."""
     params = dict(candidate.params)
     seed = _SEED_PARAM[candidate.library]
     if seed not in params and seed in inspect.signature(_estimator_class(candidate, spec)).parameters:
@@ -182,10 +185,10 @@ def build_model(candidate: ModelCandidate, spec: PipelineSpec) -> Any:
     """A fresh, unfitted model for a spec candidate (see the module's _SCALED for what gets scaled).
 
     river: ``StandardScaler | estimator`` for linear and naive Bayes models, else the estimator.
-    sklearn: ``Pipeline(SimpleImputer(median), StandardScaler, estimator)`` for linear models (a column
-    that was all missing in training is imputed as 0, which the scaler keeps 0); ``Pipeline(DropEmptyColumns,
-    estimator)`` for hist_gradient_boosting; the random forest alone. The tree ensembles take NaN
-    as it is. Raises SpecError for bad params."""
+    sklearn: ``Pipeline(SimpleImputer(median), StandardScaler, estimator)`` for linear models (a
+    column that was all missing in training is imputed as 0, which the scaler keeps 0);
+    ``Pipeline(DropEmptyColumns, estimator)`` for hist_gradient_boosting; the random forest alone.
+    The tree ensembles take NaN as it is. Raises SpecError for bad params."""
     cls = _estimator_class(candidate, spec)
     try:
         estimator = cls(**constructor_params(candidate, spec))
@@ -205,8 +208,8 @@ def build_model(candidate: ModelCandidate, spec: PipelineSpec) -> Any:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return Pipeline([("impute", SimpleImputer(strategy="median", keep_empty_features=True)), ("scale", StandardScaler()),
-                     ("model", estimator)])
+    imputer = SimpleImputer(strategy="median", keep_empty_features=True)
+    return Pipeline([("impute", imputer), ("scale", StandardScaler()), ("model", estimator)])
 
 
 class DropEmptyColumns(TransformerMixin, BaseEstimator):
@@ -302,12 +305,17 @@ def predict(model: Any, library: str, task: str, X: Any, classes: Sequence[str] 
             return Predictions(scores, np.array([o[1] for o in outs], dtype=np.int64))
         have = sorted({c for o in outs for c in o[2]})
         want = list(classes) if classes is not None else have
-        proba = np.array([[o[2].get(c, 0.0) for c in have] for o in outs], dtype=np.float64).reshape(n, len(have))
-        return Predictions(scores, np.array([o[1] for o in outs], dtype=object), _align(proba, have, want), want)
+        proba = np.array([[o[2].get(c, 0.0) for c in have] for o in outs], dtype=np.float64)
+        proba = proba.reshape(n, len(have))
+        # a model that has learnt nothing yet names no class: say the first one, so labels stay class names
+        fallback = want[0] if want else None
+        labels = np.array([fallback if o[1] is None else o[1] for o in outs], dtype=object)
+        return Predictions(scores, labels, _align(proba, have, want), want)
     if n == 0:  # scikit-learn refuses an empty matrix
         want = list(classes or ()) if task == "multiclass" else None
         empty = np.zeros(0)
-        labels = np.zeros(0, dtype=object if task == "multiclass" else np.float64 if task == "regression" else np.int64)
+        kind = {"multiclass": object, "regression": np.float64}.get(task, np.int64)
+        labels = np.zeros(0, dtype=kind)
         return Predictions(empty, labels, np.zeros((0, len(want))) if want is not None else None, want)
     if task == "regression":
         y = np.asarray(model.predict(X), dtype=np.float64)
@@ -416,7 +424,7 @@ def holdout_metrics(spec: PipelineSpec, y_true: Sequence[Any], predictions: Pred
             warnings.simplefilter("ignore")  # undefined-metric warnings: the NaN is dropped below
             try:
                 value = float(_holdout_metric(name, spec, y, predictions))
-            except ValueError:  # e.g. a label pos_label=1 that neither array holds
+            except (ValueError, TypeError):  # e.g. pos_label=1 that neither array holds
                 continue
         if math.isfinite(value):
             out[name] = value

@@ -75,7 +75,8 @@ def dataset(spec: PipelineSpec, n: int, seed: int = 0):
             features["amount_std_24h"] = None  # missing values reach every model
         features["country_distinct_24h"] = None  # and a column without any value (see DropEmptyColumns)
         amount = float(rng.uniform(1, 500))
-        data = envelope(txn(i, amount=round(amount, 2), country=FRAUD.event.fields["country"].values[i % 10]))["data"]
+        country = FRAUD.event.fields["country"].values[i % 10]
+        data = envelope(txn(i, amount=round(amount, 2), country=country))["data"]
         signal = features["txn_count_10m"] + (amount - 250) / 100 + rng.normal(scale=0.3)
         rows.append((features, data))
         if spec.label.type == "binary":
@@ -157,7 +158,8 @@ def test_encode_label_per_type():
     assert encode_label(MULTICLASS, "mid") == "mid"
     assert encode_label(parse_spec(fraud_text(label="multiclass", classes="[0, 1, 2]")), 2) == "2"
     assert encode_label(REGRESSION, 3) == 3.0 and type(encode_label(REGRESSION, 3)) is float
-    for spec, bad in ((FRAUD, 2), (FRAUD, "yes"), (MULTICLASS, "huge"), (REGRESSION, True), (REGRESSION, "1")):
+    bad_labels = [(FRAUD, 2), (FRAUD, "yes"), (MULTICLASS, "huge"), (REGRESSION, True), (REGRESSION, "1")]
+    for spec, bad in bad_labels:
         with pytest.raises(ValueError):
             encode_label(spec, bad)
 
@@ -222,7 +224,8 @@ def test_build_model_shapes_seeds_and_params():
     assert (lr.named_steps["model"].C, lr.named_steps["model"].random_state) == (0.5, SEED)
     gbm = build_model(ModelCandidate(name="b", library="sklearn", algorithm="hist_gradient_boosting",
                                      params={"random_state": 7}), FRAUD)
-    assert [type(step).__name__ for _, step in gbm.steps] == ["DropEmptyColumns", "HistGradientBoostingClassifier"]
+    assert [type(step).__name__ for _, step in gbm.steps] == ["DropEmptyColumns",
+                                                              "HistGradientBoostingClassifier"]
     assert gbm.named_steps["model"].random_state == 7  # the candidate's params win
     forest = build_model(ModelCandidate(name="rf", library="sklearn", algorithm="random_forest"), REGRESSION)
     assert type(forest).__name__ == "RandomForestRegressor" and forest.random_state == SEED
@@ -240,7 +243,8 @@ def test_build_model_shapes_seeds_and_params():
         build_model(ModelCandidate(name="g", library="sklearn", algorithm="logistic_regression"), REGRESSION)
 
 
-@pytest.mark.parametrize("library, algorithm", [("sklearn", "random_forest"), ("river", "adaptive_random_forest")])
+@pytest.mark.parametrize("library, algorithm",
+                         [("sklearn", "random_forest"), ("river", "adaptive_random_forest")])
 def test_models_are_deterministic_by_default(library, algorithm):
     rows, y = dataset(BINARY, 300)
     first, second = (predict(fit(BINARY, library, algorithm, rows, y), library, "binary",
@@ -253,6 +257,8 @@ def test_predict_one_river_before_learning_and_multiclass_alignment():
     x = v.river_x(*dataset(MULTICLASS, 1)[0][0])
     tree = build_model(ModelCandidate(name="t", library="river", algorithm="hoeffding_tree"), MULTICLASS)
     assert predict_one_river(tree, "multiclass", x) == (0.0, None, {})
+    blank = predict(tree, "river", "multiclass", [x], classes=CLASSES)
+    assert list(blank.labels) == ["low"] and blank.proba.tolist() == [[0.0, 0.0, 0.0]]  # labels stay names
     binary = build_model(ModelCandidate(name="t", library="river", algorithm="hoeffding_tree"), BINARY)
     assert predict_one_river(binary, "binary", x) == (0.5, 1, {0: 0.5, 1: 0.5})
     tree.learn_one(x, "mid")
@@ -351,7 +357,8 @@ def test_prequential_binary_equals_river_metrics_fed_in_the_same_order():
 def test_prequential_multiclass_and_regression_equal_river_metrics():
     ours, ce, acc, mf1 = PrequentialMetrics(MULTICLASS), rm.CrossEntropy(), rm.Accuracy(), rm.MacroF1()
     stream = [("low", {"low": 0.7, "mid": 0.3}), ("mid", {"low": 0.6, "mid": 0.4}),
-              ("high", {"high": 0.5, "mid": 0.5}), ("mid", {}), ("low", {"low": 0.2, "mid": 0.3, "high": 0.5})]
+              ("high", {"high": 0.5, "mid": 0.5}), ("mid", {}),
+              ("low", {"low": 0.2, "mid": 0.3, "high": 0.5})]
     for y, proba in stream:
         label = max(proba, key=proba.get) if proba else None
         ours.update(y, max(proba.values(), default=0.0), label, proba)
@@ -433,14 +440,15 @@ def test_reference_statistics_on_known_data():
                                                 "mean": None, "std": None}
     country = ref["features"]["country"]
     assert country["kind"] == "category" and country["missing"] == 0.2
-    assert country["frequencies"] == {"DE": 0.5, "FR": 0.3, **dict.fromkeys(["ES", "IT", "NL", "PL", "GB", "US",
-                                                                             "BR", "NG"], 0.0)}
+    others = ["ES", "IT", "NL", "PL", "GB", "US", "BR", "NG"]
+    assert country["frequencies"] == {"DE": 0.5, "FR": 0.3, **dict.fromkeys(others, 0.0)}
     assert ref["features"]["channel"]["frequencies"] == {"pos": 0.0, "web": 1.0, "app": 0.0}
     assert ref["features"]["card_present"] == {"kind": "category", "frequencies": {"false": 0.6, "true": 0.2},
                                                "missing": 0.2}
     assert "country=DE" not in ref["features"] and "note" not in ref["features"]
     assert ref["label"] == {"kind": "binary", "rate": 0.25}
-    assert sum(ref["scores"]["counts"]) == 50 and ref["scores"]["counts"][0] == ref["scores"]["counts"][-1] == 0
+    score_counts = ref["scores"]["counts"]
+    assert sum(score_counts) == 50 and score_counts[0] == score_counts[-1] == 0
     assert ref["scores"]["edges"][0] == 0.0 and ref["scores"]["edges"][-1] == 0.98
 
 
