@@ -191,16 +191,21 @@ def sign(data: bytes, key: bytes) -> str:
     return hmac.new(key, data, hashlib.sha256).hexdigest()
 
 
+def _same(expected: str, given: str) -> bool:
+    # Constant-time; as bytes because compare_digest raises TypeError on non-ASCII text.
+    return hmac.compare_digest(expected.encode(), given.lower().encode())
+
+
 def verify(data: bytes, sha256: str, signature: str | None, key: bytes | None) -> None:
     """Raise ArtifactRejected unless the bytes match the digest and, when a signing key is configured,
     carry a valid signature. (Without a key a signature cannot be checked and is ignored.)"""
-    if not hmac.compare_digest(digest(data), sha256.lower()):
+    if not _same(digest(data), sha256):
         raise ArtifactRejected("artifact digest does not match its record's sha256 (corrupt or tampered)")
     if key is None:
         return
     if not signature:
         raise ArtifactRejected("artifact is unsigned but a signing key is configured")
-    if not hmac.compare_digest(sign(data, key), signature.lower()):
+    if not _same(sign(data, key), signature):
         raise ArtifactRejected("artifact signature is not valid under the configured signing key")
 
 

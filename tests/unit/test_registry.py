@@ -242,6 +242,8 @@ def test_tampered_or_badly_signed_artifacts_are_never_deserialized(library, no_d
         (data, sha, None, KEY, "unsigned"),
         (data, sha, sign(data, b"another key"), KEY, "signature"),
         (data, sha, "zz", KEY, "signature"),
+        (data, sha, "é" * 64, KEY, "signature"),  # not even ASCII: still a rejection, not a TypeError
+        (data, "é" * 64, sig, KEY, "digest"),
     ]
     for blob, sha256, signature, key, why in cases:
         with pytest.raises(ArtifactRejected, match=why):
