@@ -29,3 +29,7 @@ class ValidationFailed(LooplineError):
 
 class KafkaUnavailable(LooplineError):
     """The broker did not acknowledge in time; the caller should retry later."""
+
+
+class ArtifactRejected(LooplineError):
+    """A model artifact failed its integrity check (digest or signature): it is never deserialized."""

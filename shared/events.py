@@ -26,6 +26,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     create_model,
+    model_validator,
 )
 from typing_extensions import NotRequired, TypedDict
 
@@ -33,7 +34,7 @@ from pydantic_core import PydanticCustomError
 
 from shared.errors import ValidationFailed
 from shared.serialization import dumps, to_utc
-from shared.spec import FieldSpec, LabelSpec, PipelineSpec, number_text, reads_as_number
+from shared.spec import FieldSpec, LabelSpec, Name, PipelineSpec, number_text, reads_as_number
 
 SCHEMA_VERSION = 1
 # Without an entity every event belongs to one global stream; one key keeps it in one
@@ -167,25 +168,88 @@ class TrainingExample(Envelope):
 
 # ---------------------------------------------------------------- trainer → models
 
-class ModelRecord(Wire):
-    """One registry entry (compacted topic `models`, key '<model name>:<version>' or '<name>:stage')."""
+Stage = Literal["candidate", "champion", "challenger", "shadow", "rejected", "archived"]
+# Times in the registry are compared (the champion is the latest champion record): always aware UTC.
+UtcTime = Annotated[datetime, AfterValidator(_to_utc_checked)]
+# [first, next): the offsets of one partition that a model was trained on.
+OffsetRange = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=2)]
 
-    name: str
-    version: int = Field(ge=1)
-    stage: Literal["candidate", "shadow", "canary", "production", "archived", "rejected"]
-    library: Literal["river", "sklearn"]
-    algorithm: str
-    artifact_uri: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    signature: str | None = None
-    metrics: dict[str, float]
-    feature_hash: str
-    features: list[str]
-    params: dict[str, Any]
-    data_range: dict[str, Any] = Field(description="Topic offsets or event-time range trained on")
-    code_version: str
-    created_at: datetime
-    parent_version: int | None = None
+
+class DataRange(Wire):
+    """The training data a model version saw: topic offsets per partition and/or an event-time range."""
+
+    topic: str | None = Field(None, description="Topic the examples were read from (e.g. training-examples)")
+    offsets: dict[str, OffsetRange] | None = Field(
+        None, description="Partition (as text) -> [first, next) offsets read from it")
+    start: UtcTime | None = Field(None, description="Event time of the earliest example (UTC)")
+    end: UtcTime | None = Field(None, description="Event time of the latest example (UTC)")
+    examples: int = Field(ge=0, description="How many labelled examples were used (training + holdout)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DataRange:
+        if self.offsets and any(first > nxt for first, nxt in self.offsets.values()):
+            raise ValueError("an offset range must be [first, next) with first <= next")
+        if self.start is not None and self.end is not None and self.start > self.end:
+            raise ValueError("'start' is after 'end'")
+        return self
+
+
+class Lineage(Wire):
+    """Everything needed to trace a model version back to what produced it."""
+
+    feature_hash: str = Field(description="The spec's feature-definition hash (PipelineSpec.feature_hash)")
+    spec_name: str = Field(description="Name of the pipeline spec")
+    data: DataRange = Field(description="The training data: offsets per partition and/or event-time range")
+    code_version: str = Field(description="Loopline code version: git commit, or the package version")
+    packages: dict[str, str] = Field(description="Versions of python and the ML packages that trained it")
+
+
+class ModelVersion(Wire):
+    """One model version's registry record (compacted topic `models`, key '<name>:<version>').
+
+    The topic is the registry's log: the latest record per key is the version's current state, and
+    any service rebuilds the registry by reading it (shared.registry.Registry). A stage change is a
+    new record for the same key with a later `updated_at`. The artifact is written completely before
+    its first record is published."""
+
+    name: Name = Field(description="The spec's model candidate name (models[].name)")
+    version: int = Field(ge=1, description="Version number, counted per candidate name from 1")
+    stage: Stage = Field(description=(
+        "candidate (trained, not yet judged), champion (serves traffic), challenger (passed the gate, may "
+        "replace the champion), shadow (scored alongside the champion, not served), rejected (failed the "
+        "gate), archived (retired)"))
+    library: Literal["river", "sklearn"] = Field(description="Library of the model")
+    algorithm: str = Field(description="Algorithm name from shared.spec.ALGORITHMS")
+    task: Literal["binary", "multiclass", "regression"] = Field(description="The spec's label type")
+    artifact_uri: str = Field(description="Where the serialized model lives in the artifact store")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 hex digest of the artifact bytes")
+    signature: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description=(
+        "HMAC-SHA256 hex of the artifact bytes under the deployment's signing key; None without a key"))
+    metrics: dict[str, float] = Field(description="Metric name -> value on the holdout (or prequential)")
+    evaluation: Literal["holdout", "prequential"] = Field(description="How `metrics` were measured")
+    trained_at: UtcTime = Field(description="When training finished (UTC)")
+    updated_at: UtcTime = Field(description="When this record (e.g. a stage change) was written (UTC)")
+    params: dict[str, Any] = Field(description="Constructor parameters the model was built with")
+    inputs: list[str] = Field(description="The model's input columns in order (shared.modeling.Vectorizer)")
+    classes: list[str] | None = Field(None, description=(
+        "Class names in the order predict uses (multiclass: probability columns; binary: [negative, "
+        "positive]); None for regression"))
+    lineage: Lineage = Field(description="Data, feature definitions, code and packages that produced it")
+    reference: dict[str, Any] = Field(description=(
+        "Reference statistics of the training data per input, of the label and of the holdout scores "
+        "(shared.modeling.reference_statistics); the monitor compares live traffic with them"))
+    reason: str = Field("", description="Why it was rejected, promoted or archived")
+    parent_version: int | None = Field(None, ge=1, description="The version it was retrained from, if any")
+
+    @property
+    def key(self) -> str:
+        """Its key on the `models` topic."""
+        return f"{self.name}:{self.version}"
+
+    def staged(self, stage: Stage, *, at: datetime, reason: str = "") -> ModelVersion:
+        """The record of this version moved to `stage` at `at` (validated, unlike model_copy)."""
+        changed = {"stage": stage, "updated_at": at, "reason": reason}
+        return ModelVersion.model_validate({**self.model_dump(), **changed})
 
 
 # ---------------------------------------------------------------- serving → predictions
