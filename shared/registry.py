@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import hmac
 import os
 import pickle
@@ -22,11 +23,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from aiokafka import TopicPartition
+
 from shared.errors import ArtifactRejected
 from shared.events import ModelVersion
+from shared.kafka import make_consumer, partitions_of
+from shared.settings import KafkaSettings
 
-__all__ = ["ArtifactStore", "Registry", "artifact_key", "code_version", "digest", "dump_model", "load_model",
-           "package_versions", "sign", "verify"]
+log = logging.getLogger(__name__)
+
+__all__ = ["ArtifactStore", "Registry", "apply_record", "artifact_key", "code_version", "digest", "dump_model",
+           "follow_registry", "load_model", "package_versions", "read_registry", "sign", "verify"]
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -171,6 +178,18 @@ class ArtifactStore:
         return self.fs.cat_file(f"{self.root_path}/{key}")
 
 
+    def delete(self, uri: str) -> None:
+        """Remove an artifact (a version deleted from the registry); a missing one is fine."""
+        if not uri.startswith(self.url + "/"):
+            raise ArtifactRejected(f"artifact {uri!r} is not in the artifact store {self.url!r}")
+        key = uri[len(self.url) + 1:]
+        self._check_key(key)
+        if self.local:
+            (self.root / key).unlink(missing_ok=True)
+        elif self.fs.exists(f"{self.root_path}/{key}"):
+            self.fs.rm_file(f"{self.root_path}/{key}")
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -285,3 +304,65 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         pass
     return _loopline_version()
+
+
+# ---------------------------------------------------------------- the registry's log on Kafka
+
+def apply_record(registry: Registry, key: bytes | None, value: bytes | None) -> None:
+    """Apply one record of the `models` topic: a version, or a tombstone for '<name>:<version>'."""
+    if value is None:
+        if key:
+            name, _, number = key.decode(errors="replace").rpartition(":")
+            if number.isdigit():
+                registry.forget(name, int(number))
+        return
+    try:
+        registry.apply(ModelVersion.model_validate_json(value))
+    except ValueError:
+        log.warning("a record on the models topic is not a ModelVersion; ignored", extra={"key": key})
+
+
+async def read_registry(kafka: KafkaSettings, topic: str) -> tuple[Registry, dict[int, int]]:
+    """The registry as the `models` topic has it now (every record up to the end offsets at the
+    call), and those end offsets per partition (where `follow_registry` goes on)."""
+    registry = Registry()
+    consumer = make_consumer(kafka, group_id=None)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(await partitions_of(consumer, topic))]
+        ends = await consumer.end_offsets(parts)
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        remaining = {tp for tp in parts if ends[tp] > 0}
+        while remaining:
+            for tp, records in (await consumer.getmany(*remaining, timeout_ms=1000)).items():
+                for r in records:
+                    if r.offset < ends[tp]:
+                        apply_record(registry, r.key, r.value)
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+        return registry, {tp.partition: ends[tp] for tp in parts}
+    finally:
+        await consumer.stop()
+
+
+async def follow_registry(kafka: KafkaSettings, topic: str, registry: Registry, offsets: dict[int, int],
+                          on_change: Any = None) -> None:
+    """Keep applying the `models` topic's new records to `registry` from `offsets` on, forever
+    (cancel the task to stop). `on_change(registry)` runs after each fetch that changed something."""
+    consumer = make_consumer(kafka, group_id=None)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(await partitions_of(consumer, topic))]
+        consumer.assign(parts)
+        for tp in parts:
+            consumer.seek(tp, offsets.get(tp.partition, 0))
+        while True:
+            batch = await consumer.getmany(timeout_ms=1000)
+            for records in batch.values():
+                for r in records:
+                    apply_record(registry, r.key, r.value)
+            if batch and on_change is not None:
+                on_change(registry)
+    finally:
+        await consumer.stop()

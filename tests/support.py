@@ -54,3 +54,14 @@ async def produce(kafka: KafkaSettings, topic: str,
         return [await f for f in futures]
     finally:
         await producer.stop()
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """The value of one Prometheus sample in an exposition text (labels in any order), or None."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None

@@ -1,0 +1,67 @@
+"""HTTP routes of the trainer: the registry (read), retrain, promote and rollback (admin), operations."""
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException
+
+from services.trainer.metrics import TrainerMetrics
+from services.trainer.service import Trainer
+from shared.auth import ApiKeys
+from shared.http import ops_router
+from shared.stream import StreamApp
+
+
+def build_router(app: StreamApp, trainer: Trainer, metrics: TrainerMetrics, keys: ApiKeys) -> APIRouter:
+    router = APIRouter()
+    admin = [Depends(keys.require("admin"))]
+
+    def version_or_404(name: str, version: int) -> dict[str, Any]:
+        found = trainer.registry.get(name, version)
+        if found is None:
+            raise HTTPException(404, f"{name} v{version} is not in the registry")
+        return found.model_dump(mode="json")
+
+    @router.get("/v1/models", summary="Every model version in the registry (name, version, stage, metrics)")
+    async def models() -> dict[str, Any]:
+        champion = trainer.registry.champion()
+        return {"champion": None if champion is None else {"name": champion.name, "version": champion.version},
+                "versions": [{"name": v.name, "version": v.version, "stage": v.stage, "library": v.library,
+                              "algorithm": v.algorithm, "evaluation": v.evaluation, "metrics": v.metrics,
+                              "trained_at": v.trained_at, "reason": v.reason} for v in trainer.registry.versions()]}
+
+    @router.get("/v1/models/{name}/{version}", summary="One version with its metrics, lineage and reference statistics")
+    async def model(name: str, version: int) -> dict[str, Any]:
+        return version_or_404(name, version)
+
+    @router.post("/v1/retrain", status_code=202, dependencies=admin, summary="Retrain the batch candidates now (admin)")
+    async def retrain() -> dict[str, Any]:
+        trainer.request("request")
+        return {"triggered": True, "window_examples": len(trainer.window)}
+
+    @router.post("/v1/models/{name}/{version}/promote", dependencies=admin,
+                 summary="Make this version the champion (admin)")
+    async def promote(name: str, version: int) -> dict[str, Any]:
+        version_or_404(name, version)
+        await app.emit(trainer.promote(name, version))
+        return version_or_404(name, version)
+
+    @router.post("/v1/rollback", dependencies=admin, summary="Make the previous champion the champion again (admin)")
+    async def rollback() -> dict[str, Any]:
+        try:
+            records = trainer.rollback()
+        except KeyError as exc:
+            raise HTTPException(409, str(exc.args[0])) from None
+        await app.emit(records)
+        champion = trainer.registry.champion()
+        return {"champion": None if champion is None else champion.model_dump(mode="json")}
+
+    def readiness() -> dict[str, Any]:
+        state = app.health()
+        if trainer.last_retrain_error:
+            state.setdefault("problems", {})["retrain"] = trainer.last_retrain_error
+        return state
+
+    router.include_router(ops_router(readiness, metrics.registry,
+                                     "Registry loaded, offsets committing, lag known, output acknowledged"))
+    return router
