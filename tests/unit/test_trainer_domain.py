@@ -1,0 +1,131 @@
+"""The trainer's domain without a broker: decoding, the window, the holdout split, the gate, online
+learning with checkpoint offsets, and registry records."""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+
+from services.trainer.domain import (
+    ExampleWindow, OnlineTrainer, Publisher, Rejected, Trained, data_range, decode_example, gate, holdout_split,
+    promotion, prunable, rollback_target, train_batch,
+)
+from shared.modeling import Vectorizer
+from shared.registry import ArtifactStore, Registry, load_model
+from shared.serialization import dumps
+from shared.spec import ModelCandidate, parse_spec
+from tests.data import FRAUD_TEXT, fraud_training_examples
+
+SPEC = parse_spec(re.sub(r"min_examples: \d+", "min_examples: 100", FRAUD_TEXT))
+VEC = Vectorizer(SPEC)
+
+
+def example(i: int, t: float, label: bool = False) -> bytes:
+    return dumps({"event_id": f"e{i}", "type": "training_example", "schema_version": 1,
+                  "occurred_at": datetime.fromtimestamp(t, timezone.utc).isoformat(), "entity": "u",
+                  "feature_hash": "x", "features": {"txn_count_10m": i}, "data": {"amount": float(i)},
+                  "label": label, "labelled_at": "2026-01-01T00:00:00Z"})
+
+
+def test_decode_refuses_what_the_trainer_cannot_use():
+    ex = decode_example(SPEC, example(1, 1000.0, True))
+    assert ex.label == 1 and ex.t == 1000.0 and ex.features == {"txn_count_10m": 1}
+    from shared.serialization import loads
+    maybe = dumps({**loads(example(1, 0.0)), "label": "maybe"})  # not a binary label
+    for bad, code in [(b"{", "invalid_json"), (b"[]", "invalid"), (dumps({"event_id": "x"}), "invalid"),
+                      (maybe, "invalid")]:
+        with pytest.raises(Rejected) as exc:
+            decode_example(SPEC, bad)
+        assert exc.value.code == code
+
+
+def test_the_window_keeps_the_newest_examples_once_each_in_time_order():
+    spec = parse_spec(FRAUD_TEXT.replace("training:\n", "training:\n  max_examples: 100\n"))
+    window = ExampleWindow(spec, Vectorizer(spec))
+    for i in range(250):
+        window.add(decode_example(spec, example(i, 10_000.0 - i)))  # newest event time first
+    window.add(decode_example(spec, example(249, 0.0)))  # a repeat of a kept id changes nothing
+    X, y, t = window.snapshot()
+    assert len(window) == 100 and list(t) == sorted(t) and t[0] == 10_000.0 - 249
+    amount = Vectorizer(spec).columns.index("amount")
+    assert sorted(X[:, amount]) == [float(i) for i in range(150, 250)]
+
+
+def test_holdout_split_is_the_latest_share():
+    assert holdout_split(100, 0.2) == 80 and holdout_split(10, 0.25) == 7 and holdout_split(2, 0.9) == 1
+
+
+def trained(name: str, value: float | None, error: str = "") -> Trained:
+    return Trained(ModelCandidate(name=name, library="sklearn", algorithm="logistic_regression"), b"x",
+                   {} if value is None else {"roc_auc": value}, {}, 10, 0.0, 1.0, error)
+
+
+def test_the_gate_promotes_the_best_candidate_only_if_it_meets_the_minimum_and_beats_the_champion():
+    champion = type("V", (), {"name": "old", "version": 3})()
+    outcome = {t.candidate.name: (stage, reason) for t, stage, reason in gate(
+        SPEC, [trained("good", 0.9), trained("worse", 0.85), trained("low", 0.6), trained("broken", None, "boom")],
+        {"roc_auc": 0.8}, champion)}
+    assert outcome["good"][0] == "champion" and "beats the champion old v3" in outcome["good"][1]
+    assert outcome["worse"] == ("rejected", "roc_auc 0.8500 is behind the best candidate good (0.9000) on the same holdout")
+    assert outcome["low"][0] == "rejected" and "does not meet the spec's minimum (at least 0.75)" in outcome["low"][1]
+    assert outcome["broken"] == ("rejected", "training failed: boom")
+    # the margin (0.005): 0.803 does not beat 0.8
+    [(_, stage, reason)] = gate(SPEC, [trained("close", 0.803)], {"roc_auc": 0.8}, champion)
+    assert stage == "rejected" and "does not beat the champion" in reason
+    [(_, stage, reason)] = gate(SPEC, [trained("first", 0.76)], None, None)
+    assert stage == "champion" and "no champion yet" in reason
+
+
+def test_the_gate_reads_a_loss_minimum_as_an_upper_bound():
+    spec = parse_spec(FRAUD_TEXT.replace("primary: roc_auc\n  minimum: 0.75", "primary: log_loss\n  minimum: 0.3"))
+    t = Trained(ModelCandidate(name="m", library="sklearn", algorithm="logistic_regression"), b"x",
+                {"log_loss": 0.35}, {}, 10, 0.0, 1.0)
+    [(_, stage, reason)] = gate(spec, [t], None, None)
+    assert stage == "rejected" and "(at most 0.3)" in reason
+
+
+def test_online_learning_skips_what_a_checkpoint_covers_and_train_batch_evaluates_on_the_latest_slice(tmp_path):
+    examples = fraud_training_examples(600, seed=2)
+    online = OnlineTrainer(SPEC, VEC)
+    for offset, e in enumerate(examples[:400]):
+        online.learn(0, offset, decode_example(SPEC, dumps(e)))
+    assert online.offsets == {0: [0, 400]} and online.learned(0, 399) and not online.learned(0, 400)
+    assert online.models["online_logreg"].examples == 400 and online.pending == 400
+    window = ExampleWindow(SPEC, VEC)
+    for e in examples:
+        window.add(decode_example(SPEC, dumps(e)))
+    X, y, t = window.snapshot()
+    result = train_batch(SPEC, VEC, X, y, t, None)
+    names = {r.candidate.name for r in result.trained}
+    assert names == {"gbm", "logreg"} and all(not r.error and "roc_auc" in r.metrics for r in result.trained)
+    assert result.holdout == (120, float(t[480]), float(t[-1]))  # the latest 20 % by event time
+
+
+def test_records_artifacts_promotion_rollback_and_pruning(tmp_path):
+    store = ArtifactStore(str(tmp_path))
+    publisher = Publisher(SPEC, store, b"k")
+    registry = Registry()
+    candidate = ModelCandidate(name="logreg", library="sklearn", algorithm="logistic_regression")
+    from sklearn.linear_model import LogisticRegression
+    from shared.registry import dump_model
+    model = LogisticRegression().fit(np.array([[0.0], [1.0]]), np.array([0, 1]))
+    versions = []
+    for _ in range(5):
+        v = publisher.version(registry, candidate, dump_model(model, "sklearn"), stage="candidate",
+                              metrics={"roc_auc": 0.8}, evaluation="holdout",
+                              data=data_range(None, None, 0.0, 1.0, 2), reference={}, classes=None, inputs=["x"])
+        registry.apply(v)
+        versions.append(v)
+    assert [v.version for v in versions] == [1, 2, 3, 4, 5] and versions[0].signature
+    loaded = load_model(store.get(versions[4].artifact_uri), "sklearn", sha256=versions[4].sha256,
+                        signature=versions[4].signature, key=b"k")
+    assert loaded.predict(np.array([[1.0]]))[0] == 1
+    for r in promotion(registry, versions[1], "first"):
+        registry.apply(r)
+    for r in promotion(registry, versions[3], "better"):
+        registry.apply(r)
+    assert registry.champion().version == 4 and registry.get("logreg", 2).stage == "archived"
+    assert rollback_target(registry).version == 2
+    assert [v.version for v in prunable(registry, keep=2)] == [1, 2]  # never the champion (4)
