@@ -15,9 +15,13 @@ import sys
 import time
 from dataclasses import dataclass
 
+import httpx
+
 from deploy.procs import KAFKA_SH, ROOT, ServiceProcess
+from shared.spec import load_spec
 
 RUN = ROOT / ".run"
+SPEC = ROOT / "examples" / "fraud" / "pipeline.yaml"
 
 
 @dataclass
@@ -33,11 +37,33 @@ SERVICES = [
     Service("features", "services.features", 8002, {
         "FEATURES_PORT": "8002", "FEATURES_DATA_DIR": str(RUN / "features"),
         "FEATURES_OFFLINE_URL": str(RUN / "offline")}),
+    Service("trainer", "services.trainer", 8003, {
+        "TRAINER_PORT": "8003", "TRAINER_DATA_DIR": str(RUN / "trainer"),
+        "TRAINER_ARTIFACT_URL": str(RUN / "artifacts")}),
 ]
 
 
 def say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
+
+
+def show_champion(timeout: float = 300) -> None:
+    """Wait until the trainer has a champion and a version of every model in the spec, then show
+    the newest version of each."""
+    deadline = time.monotonic() + timeout
+    say("waiting for the trainer: a champion and a version of every model")
+    while time.monotonic() < deadline:
+        models = httpx.get("http://127.0.0.1:8003/v1/models", timeout=5).json()
+        newest = {v["name"]: v for v in models["versions"]}  # versions come ordered by name, version
+        champion = models["champion"]
+        if champion and len(newest) >= len(load_spec(os.environ.get("LOOPLINE_SPEC_PATH", SPEC)).models):
+            for v in newest.values():
+                shown = ", ".join(f"{k} {val:.3f}" for k, val in sorted(v["metrics"].items()))
+                say(f"model {v['name']} v{v['version']} ({v['library']}, {v['evaluation']}): {v['stage']}; {shown}")
+            say(f"champion: {champion['name']} v{champion['version']}")
+            return
+        time.sleep(2)
+    say("not every model has a version yet; see .run/logs/trainer.log")
 
 
 def wait_caught_up(bootstrap: str, prefix: str, timeout: float = 300) -> None:
@@ -114,6 +140,7 @@ def main() -> int:
             "events", "labels", "features", "training-examples", "events.dlq"]))
         say("records per topic: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
         say(f"offline store (Parquet): {RUN / 'offline'}")
+        show_champion()
         if args.keep:
             say("running; Ctrl-C stops everything")
             try:

@@ -44,9 +44,12 @@ def create_app(settings: TrainerSettings | None = None, registry: Registry | Non
 
     @app.task
     async def checkpoint_when_idle() -> None:
-        # An online version is due T seconds after the last one even when no example comes to carry it.
+        # An online version is due T seconds after the last one even when no example comes to carry
+        # it; a scheduled retrain is due whether examples come or not.
         while True:
             await asyncio.sleep(1.0)
+            if trainer.triggers.due():
+                trainer.retrain_wanted.set()
             records, done = trainer.checkpoint_records()
             if records:
                 await app.emit(records)

@@ -227,6 +227,10 @@ class Consumer(faust_aiokafka.Consumer):
         while in_flight and in_flight[0][0].done():
             done, batch, generation, _ = in_flight.popleft()
             self.in_flight_records -= sum(map(len, batch.values()))
+            if done.cancelled() and (self.should_stop or self.app.should_stop):
+                in_flight.clear()  # stopping: what is in flight is not acked, and is read again after a restart
+                self.in_flight_records = 0
+                return
             error = done.exception() if not done.cancelled() else asyncio.CancelledError()
             if error is not None:  # never acked: the worker stops, its events are redelivered
                 self.log.error("batch output failed: %r", error)
