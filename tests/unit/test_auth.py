@@ -2,13 +2,28 @@
 from __future__ import annotations
 
 import pytest
+import httpx
 from fastapi import Depends, FastAPI
-from fastapi.testclient import TestClient
 
 from shared.auth import ApiKeys, hash_key, main
 
 
-def client(entries: list[str]) -> TestClient:
+class Client:
+    """Synchronous requests to an ASGI app (what fastapi.testclient does, without its deprecated path)."""
+
+    def __init__(self, app: FastAPI):
+        self.app = app
+
+    def post(self, path: str, headers: dict | None = None) -> httpx.Response:
+        import asyncio
+
+        async def go() -> httpx.Response:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://t") as c:
+                return await c.post(path, headers=headers)
+        return asyncio.run(go())
+
+
+def client(entries: list[str]) -> Client:
     keys = ApiKeys(entries)
     app = FastAPI()
 
@@ -19,7 +34,7 @@ def client(entries: list[str]) -> TestClient:
     @app.post("/predict", dependencies=[Depends(keys.require("predict"))])
     def predict() -> dict:
         return {"ok": True}
-    return TestClient(app)
+    return Client(app)
 
 
 def test_keys_are_required_with_their_scope():
