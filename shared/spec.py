@@ -393,6 +393,15 @@ class ConceptDriftSpec(_Strict):
     delta: float = Field(0.002, gt=0, lt=1)
 
 
+class ServingSpec(_Strict):
+    """How serving turns scores into decisions and splits traffic between model versions."""
+
+    threshold: float = Field(0.5, ge=0, le=1, description="A binary score at or above it is a positive decision")
+    canary_share: float = Field(
+        0.0, ge=0, le=1, description="Share of entities (sticky by entity) the challenger version serves; "
+                                     "versions in stage shadow score every request, logged only")
+
+
 class MonitoringSpec(_Strict):
     data_drift: DriftSpec = Field(default_factory=DriftSpec)
     prediction_drift: DriftSpec = Field(default_factory=DriftSpec)
@@ -418,6 +427,7 @@ class PipelineSpec(_Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     metrics: MetricsSpec
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> PipelineSpec:

@@ -1,15 +1,22 @@
 """HTTP routes of the trainer: the registry (read), retrain, promote and rollback (admin), operations."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException
+from pydantic import BaseModel, Field
 
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.service import Trainer
 from shared.auth import ApiKeys
 from shared.http import ops_router
 from shared.stream import StreamApp
+
+
+class StageChange(BaseModel):
+    stage: Literal["challenger", "shadow", "archived"] = Field(
+        description="challenger: serves the spec's canary share of entities; shadow: scores every request, "
+                    "logged only; archived: neither")
 
 
 def build_router(app: StreamApp, trainer: Trainer, metrics: TrainerMetrics, keys: ApiKeys) -> APIRouter:
@@ -44,6 +51,17 @@ def build_router(app: StreamApp, trainer: Trainer, metrics: TrainerMetrics, keys
     async def promote(name: str, version: int) -> dict[str, Any]:
         version_or_404(name, version)
         await app.emit(trainer.promote(name, version))
+        return version_or_404(name, version)
+
+    @router.post("/v1/models/{name}/{version}/stage", dependencies=admin,
+                 summary="Put this version in stage challenger (canary), shadow or archived (admin)")
+    async def stage(name: str, version: int, body: StageChange) -> dict[str, Any]:
+        version_or_404(name, version)
+        try:
+            records = trainer.restage(name, version, body.stage)
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from None
+        await app.emit(records)
         return version_or_404(name, version)
 
     @router.post("/v1/rollback", dependencies=admin, summary="Make the previous champion the champion again (admin)")

@@ -264,6 +264,15 @@ class Trainer:
             raise KeyError(f"{name} v{version} is not in the registry")
         return self._records(self._stage(target, "champion", "promoted by an operator"))
 
+    def restage(self, name: str, version: int, stage: str) -> list[OutRecord]:
+        """Put a version in stage challenger, shadow or archived (never the champion: promote or roll back)."""
+        target = self.registry.get(name, version)
+        if target is None:
+            raise KeyError(f"{name} v{version} is not in the registry")
+        if target.stage == "champion":
+            raise ValueError(f"{name} v{version} is the champion: promote another version or roll back first")
+        return self._records(self._stage(target, stage, f"{stage} by an operator"))
+
     def rollback(self) -> list[OutRecord]:
         target = rollback_target(self.registry)
         if target is None:

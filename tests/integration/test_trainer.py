@@ -230,6 +230,13 @@ async def test_admin_routes_need_the_key_and_promote_and_rollback_work(kafka, to
     back = await until_registry(kafka, topics, lambda r: r.champion().name == champion.name, what="the rollback")
     assert back.champion().version == champion.version
     assert httpx.get(f"{t.url}/v1/models/nope/1").status_code == 404
+    auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    r = httpx.post(f"{t.url}/v1/models/{weak.name}/{weak.version}/stage", json={"stage": "shadow"}, headers=auth)
+    assert r.status_code == 200 and r.json()["stage"] == "shadow"
+    r = httpx.post(f"{t.url}/v1/models/{champion.name}/{champion.version}/stage", json={"stage": "shadow"},
+                   headers=auth)
+    assert r.status_code == 409 and "champion" in r.json()["detail"]
+    await until_registry(kafka, topics, lambda r: r.get(weak.name, weak.version).stage == "shadow", what="a shadow")
     t.stop()
 
 
