@@ -85,7 +85,8 @@ class Event(Envelope):
 
     entity: str | None = Field(None, description="Entity key value, if the spec declares an entity")
     ingested_at: datetime = Field(description="When ingest accepted it (UTC)")
-    source: Literal["http", "kafka", "replay"] = Field(description="Which ingest path accepted it")
+    source: Literal["http", "kafka", "replay", "serving"] = Field(
+        description="Which path accepted it: ingest (http, kafka, replay) or serving (forwarded with a prediction)")
     data: dict[str, Any] = Field(description="The event's fields, validated against the spec")
 
 
@@ -254,19 +255,31 @@ class ModelVersion(Wire):
 
 # ---------------------------------------------------------------- serving → predictions
 
-class Prediction(Envelope):
-    """Every prediction served (topic `predictions`), with the model and features it used."""
+class Prediction(Wire):
+    """Every prediction served (topic `predictions`, key: the entity, or the event id without
+    entities): which model version scored which event with which exact inputs."""
 
+    prediction_id: EventId = Field(description="Unique id of this prediction (a shadow's has its own)")
     type: Literal["prediction"] = "prediction"
-    entity: str | None
+    schema_version: int = Field(SCHEMA_VERSION, ge=1)
+    event_id: EventId = Field(description="The scored event's id (its label, when it comes, carries the same id)")
+    occurred_at: datetime = Field(description="The scored event's time (UTC)")
+    predicted_at: datetime = Field(description="When serving scored it (UTC)")
+    entity: str | None = Field(description="The event's entity, None without entities")
     model_name: str
-    model_version: int
-    variant: Literal["champion", "shadow", "canary"] = "champion"
-    score: float | None = None
-    predicted: bool | int | float | str
-    features: dict[str, float | int | None]
-    feature_hash: str
-    latency_ms: float = Field(ge=0)
+    model_version: int = Field(ge=1)
+    variant: Literal["champion", "challenger", "shadow"] = Field(
+        description="champion: answered; challenger: answered for the canary share of entities; shadow: logged only")
+    score: float = Field(description="Binary: P(positive); multiclass: the top class's probability; regression: "
+                                     "the prediction")
+    predicted: bool | int | float | str = Field(description="The decision (binary: score >= the spec's threshold), "
+                                                         "class or value")
+    proba: dict[str, float] | None = Field(None, description="Multiclass: every class's probability")
+    features: dict[str, float | None] = Field(description="The exact model inputs, by input name (None: missing)")
+    feature_hash: str = Field(description="Digest of the feature definitions the request-time features used")
+    state_event_time: datetime | None = Field(
+        None, description="Newest event of the entity the feature state had applied (staleness)")
+    latency_ms: float = Field(ge=0, description="From the request's arrival to the scored response")
 
 
 # ---------------------------------------------------------------- monitor → alerts

@@ -940,6 +940,12 @@ class FeatureStore:
             old, _ = cache.popitem(last=False)
             self._cached_events -= self._sizes.pop(old)
 
+    def forget(self, scope: Any, entity: bytes) -> None:
+        """Forget one cached state (its records changed underneath, e.g. in a replica)."""
+        key = (scope, entity)
+        if self._cache.pop(key, None) is not None:
+            self._cached_events -= self._sizes.pop(key)
+
     def drop(self, scope: Any = None) -> None:
         """Forget cached states (of one scope, or all)."""
         for key in [k for k in self._cache if scope is None or k[0] == scope]:

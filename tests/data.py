@@ -174,3 +174,45 @@ def fraud_training_examples(n: int, *, seed: int = 7, users: int = 300, spec: Pi
     config = GeneratorConfig(seed=seed, users=users, events=int(n * 1.1), fraud_rate=0.08, drift_at=drift_at)
     pairs = [(event, lab["value"] if lab else None) for event, lab in generate(config)]
     return training_examples(spec, pairs)[:n]
+
+
+# ---------------------------------------------------------------- registry records
+
+def model_version(spec: PipelineSpec, store_url: str, model: Any, *, name: str, version: int, stage: str,
+                  library: str = "sklearn", algorithm: str = "logistic_regression", inputs: list[str] | None = None,
+                  key: bytes | None = None, tamper: bool = False) -> Any:
+    """A `ModelVersion` for a fitted model, its artifact written to the store (as the trainer does).
+    `tamper`: the artifact on disk differs from the digest the record carries."""
+    from datetime import datetime, timezone
+
+    from shared.events import DataRange, Lineage, ModelVersion
+    from shared.modeling import Vectorizer, model_classes
+    from shared.registry import ArtifactStore, artifact_key, code_version, digest, dump_model, package_versions, sign
+
+    data = dump_model(model, library)
+    store = ArtifactStore(store_url)
+    uri = store.put(artifact_key(spec.name, name, version, library), data + b"x" if tamper else data)
+    now = datetime.now(timezone.utc)
+    return ModelVersion(
+        name=name, version=version, stage=stage, library=library, algorithm=algorithm, task=spec.label.type,
+        artifact_uri=uri, sha256=digest(data), signature=sign(data, key) if key else None, metrics={},
+        evaluation="holdout", trained_at=now, updated_at=now, params={},
+        inputs=inputs or Vectorizer(spec).columns, classes=model_classes(spec),
+        lineage=Lineage(feature_hash=spec.feature_hash(), spec_name=spec.name,
+                        data=DataRange(examples=0), code_version=code_version(), packages=package_versions()),
+        reference={})
+
+
+def fitted_sklearn(spec: PipelineSpec, examples: list[dict[str, Any]], algorithm: str = "logistic_regression",
+                   **params: Any) -> Any:
+    """A model of the spec fitted on examples, as the trainer builds it (shared.modeling)."""
+    import numpy as np
+
+    from shared.modeling import Vectorizer, build_model, encode_label
+    from shared.spec import ModelCandidate
+
+    vec = Vectorizer(spec)
+    X = vec.matrix((e["features"], e["data"]) for e in examples)
+    y = np.array([encode_label(spec, e["label"]) for e in examples])
+    model = build_model(ModelCandidate(name="m", library="sklearn", algorithm=algorithm, params=params), spec)
+    return model.fit(X, y)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from services.ingest.domain import BadRequest, Checked, Rejection, check_events, check_labels, decode_body
 from shared.errors import KafkaUnavailable
-from shared.http import ops_router
+from shared.http import BodyTooLarge, ops_router, read_body
 from shared.serialization import utcnow
 
 
@@ -66,20 +66,6 @@ def _body_doc(schema: dict[str, Any], max_record_bytes: int) -> dict[str, Any]:
     }
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) more than `limit` bytes whether or not Content-Length is sent."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BadRequest(413, f"body of {declared} bytes exceeds the limit of {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(413, f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def build_router(ctx: Any) -> APIRouter:
     """Routes bound to one app's context (settings, validator, publisher, metrics)."""
     router = APIRouter()
@@ -94,7 +80,10 @@ def build_router(ctx: Any) -> APIRouter:
 
     async def _ingest(request: Request, kind: str, check) -> Response:
         try:
-            body = await read_body(request, settings.max_body_bytes)
+            try:
+                body = await read_body(request, settings.max_body_bytes)
+            except BodyTooLarge as exc:
+                raise BadRequest(413, str(exc)) from None
             items = decode_body(body, request.headers.get("content-type", ""), settings.max_batch_events)
         except BadRequest as exc:
             code = {400: "invalid_json", 422: "empty"}.get(exc.status, "invalid")
