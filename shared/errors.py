@@ -33,3 +33,9 @@ class KafkaUnavailable(LooplineError):
 
 class ArtifactRejected(LooplineError):
     """A model artifact failed its integrity check (digest or signature): it is never deserialized."""
+
+
+class ScoringError(LooplineError, ValueError):
+    """A model version cannot be served with this spec (from shared.scoring.compile_scorer), or cannot
+    score one request: an input it needs is missing, its encoder refuses an unknown category, or the
+    score is not a finite number (from score_one / score_many: the request's fault, a 4xx)."""

@@ -93,9 +93,9 @@ class Vectorizer:
         self.columns: list[str] = columns
         self._template: list[Any] = [0.0] * len(columns)  # one-hot columns stay 0.0 unless set
 
-    def _values(self, features: dict[str, Any], data: dict[str, Any]) -> list[Any]:
-        # None = missing; every other entry is an int, float or bool. Kept as one flat loop per kind:
-        # this runs per serving request.
+    def values(self, features: dict[str, Any], data: dict[str, Any]) -> list[Any]:
+        """One example's inputs as Python values in column order: None = missing, else int, float or bool."""
+        # Kept as one flat loop per kind: this runs per serving request (shared.scoring reads it directly).
         out = self._template[:]
         get = features.get
         for i, name in self._features:
@@ -122,16 +122,16 @@ class Vectorizer:
 
     def row(self, features: dict[str, Any], data: dict[str, Any]) -> np.ndarray:
         """One example's inputs as a float64 vector (missing = NaN)."""
-        return np.array(self._values(features, data), dtype=np.float64)  # None -> NaN
+        return np.array(self.values(features, data), dtype=np.float64)  # None -> NaN
 
     def matrix(self, rows: Iterable[tuple[dict[str, Any], dict[str, Any]]]) -> np.ndarray:
         """Many examples' inputs, one row per (features, data) pair: a 2-D float64 array."""
-        values = [self._values(features, data) for features, data in rows]
+        values = [self.values(features, data) for features, data in rows]
         return np.array(values, dtype=np.float64).reshape(len(values), len(self.columns))
 
     def river_x(self, features: dict[str, Any], data: dict[str, Any]) -> dict[str, float]:
         """The same values as `row`, keyed by column name, without the missing ones (river's way)."""
-        values = self._values(features, data)
+        values = self.values(features, data)
         return {c: float(v) for c, v in zip(self.columns, values) if v is not None and v == v}
 
 
