@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any
 
-from shared.events import GLOBAL_KEY, SCHEMA_VERSION, EventValidator, Label, Wire, label_id
+from examples.fraud import training as fraud_training
+# TrainingExample records are built by examples/fraud/training.py (the benchmarks use it too)
+from examples.fraud.training import DictKV, fraud_training_examples, training_examples  # noqa: F401
+from shared.events import GLOBAL_KEY, EventValidator, Label, Wire, label_id
 from shared.serialization import dumps, loads
 from shared.spec import PipelineSpec, load_spec
 
@@ -97,9 +99,7 @@ def label(event_id: str, value: bool | int | float | str = True, observed: datet
 def snapshot(event: dict[str, Any], features: dict[str, Any] | None = None,
              spec: PipelineSpec = FRAUD) -> dict[str, Any]:
     """The `FeatureSnapshot` record of an `Event` record, as the feature worker renders it."""
-    return {"event_id": event["event_id"], "type": "snapshot", "schema_version": SCHEMA_VERSION,
-            "occurred_at": event["occurred_at"], "entity": event["entity"],
-            "feature_hash": spec.feature_hash(), "features": features or {}, "data": event["data"]}
+    return fraud_training.snapshot(event, features, spec)
 
 
 def keyed(record: dict[str, Any]) -> tuple[bytes, bytes]:
@@ -123,54 +123,9 @@ def wire(value: bytes | None, model: type[Wire]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- key-value stores
 
-class DictKV(dict):
-    """The FeatureStore's key-value store as a dict (a RocksDB partition in the worker)."""
-
-    def set(self, key: bytes, value: bytes) -> None:
-        self[key] = value
-
-    def delete(self, key: bytes) -> None:
-        self.pop(key, None)
-
-
 class JoinKV(DictKV):
     """One partition of the label-join table: a DictKV that lists its keys in order from `start`."""
 
     def items_from(self, start: bytes):
         return iter(sorted((k, v) for k, v in self.items() if k >= start))
 
-
-# ---------------------------------------------------------------- training examples
-
-def training_examples(spec: PipelineSpec, pairs: Iterable[tuple[dict[str, Any], Any]]) -> list[dict[str, Any]]:
-    """`TrainingExample` records for raw events with their label values (None: unlabelled, skipped),
-    with the features the feature worker computes (the same engine, in arrival order)."""
-    from shared.features import FeatureEngine, FeatureStore
-    from shared.events import EventValidator
-
-    validator = EventValidator(spec)
-    engine = FeatureEngine(spec)
-    store, kv = FeatureStore(engine), DictKV()
-    out = []
-    for raw, value in pairs:
-        event = envelope(raw, validator)
-        fields = event["data"]
-        entity = (engine.entity_of(fields) or GLOBAL_KEY).encode()
-        processed = store.process(kv, 0, entity, event["event_id"], engine.event_time(fields), fields,
-                                  lambda features: dumps(features))
-        if value is None or processed.status != "new":
-            continue
-        out.append({**snapshot(event, loads(processed.record), spec), "type": "training_example",
-                    "label": value, "labelled_at": event["occurred_at"]})
-    return out
-
-
-def fraud_training_examples(n: int, *, seed: int = 7, users: int = 300, spec: PipelineSpec = FRAUD,
-                            drift_at: int | None = None) -> list[dict[str, Any]]:
-    """n labelled fraud examples from examples/fraud/generate.py (more fraud than the demo's 2 %, so
-    a small set still has both classes in every slice)."""
-    from examples.fraud.generate import GeneratorConfig, generate
-
-    config = GeneratorConfig(seed=seed, users=users, events=int(n * 1.1), fraud_rate=0.08, drift_at=drift_at)
-    pairs = [(event, lab["value"] if lab else None) for event, lab in generate(config)]
-    return training_examples(spec, pairs)[:n]
