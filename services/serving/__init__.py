@@ -1,0 +1,1 @@
+"""Serving: HTTP predictions with request-time features, hot swap, shadow and canary, the prediction log."""

@@ -1,0 +1,277 @@
+"""services/serving against the real broker, run as a real process next to a real feature worker:
+request-time features equal the feature service's snapshots, hot swaps under load, refused
+artifacts, shadow and canary traffic, restarts, and bad requests."""
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+from collections import Counter, defaultdict
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+
+from shared.events import FeatureSnapshot, Prediction
+from shared.modeling import Vectorizer
+from shared.spec import parse_spec
+from tests.data import (
+    FRAUD, FRAUD_TEXT, envelope, fitted_sklearn, fraud_training_examples, keyed, model_version, txn, wire,
+)
+from tests.support import ServiceProcess, free_port, metric_value, produce, read_topic, wait_until
+
+pytestmark = pytest.mark.integration
+START = datetime(2026, 6, 1, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def serving(service_env, tmp_path):
+    """Factory of serving processes; all stopped at teardown."""
+    started: list[ServiceProcess] = []
+
+    def make(spec_yaml: str | None = None, name: str = "s1", **extra: str) -> ServiceProcess:
+        env = {**service_env, "SERVING_DATA_DIR": str(tmp_path / name),
+               "SERVING_ARTIFACT_URL": str(tmp_path / "artifacts"), **extra}
+        if spec_yaml is not None:
+            (tmp_path / f"{name}.yaml").write_text(spec_yaml)
+            env["LOOPLINE_SPEC_PATH"] = str(tmp_path / f"{name}.yaml")
+        port = free_port()
+        proc = ServiceProcess("services.serving", {**env, "SERVING_PORT": str(port)}, port=port, log_dir=tmp_path,
+                              ready_timeout=180)
+        started.append(proc)
+        return proc
+
+    yield make
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return fitted_sklearn(FRAUD, fraud_training_examples(1500, seed=21))
+
+
+async def publish(kafka, topics, version) -> None:
+    await produce(kafka, topics["models"], [(version.key.encode(), version.model_dump_json().encode())])
+
+
+def raw_event(user: str, t: datetime, i: int, **extra) -> dict:
+    return txn(user_id=user, amount=round(5 + (i * 37) % 400 + 0.25, 2), ts=t.isoformat(),
+               event_id=f"ev-{user}-{i}", **extra)
+
+
+async def send_events(kafka, topics, raws: list[dict]) -> None:
+    await produce(kafka, topics["events"], [keyed(envelope(r)) for r in raws])
+
+
+def served_equal_snapshots(responses: dict[str, dict], snapshots: dict[str, dict], vec: Vectorizer) -> int:
+    """Every served feature equals the worker's snapshot feature for the same event (None = missing)."""
+    names = [d.name for d in FRAUD.features.definitions]
+    for event_id, served in responses.items():
+        snap = snapshots[event_id]
+        for name in names:
+            want, got = snap["features"][name], served["features"][name]
+            assert (want is None and got is None) or (want is not None and got == float(want)), \
+                f"{event_id} {name}: serving {got!r}, feature service {want!r}"
+    return len(responses)
+
+
+async def test_request_time_features_equal_the_feature_services_snapshots(kafka, topics, worker, serving, tmp_path,
+                                                                          model):
+    """Rounds of events for 100 users with history: serving scores each event before it is sent (its
+    entity's state holds everything before it), then the event goes through the feature worker,
+    whose snapshot must hold the same feature values."""
+    w = worker().start()
+    await publish(kafka, topics, model_version(FRAUD, str(tmp_path / "artifacts"), model, name="lr", version=1,
+                                               stage="champion"))
+    rng = random.Random(3)
+    users = [f"u{i}" for i in range(100)]
+    history = [raw_event(u, START + timedelta(minutes=rng.uniform(0, 600)), -k) for u in users for k in range(1, 6)]
+    history.sort(key=lambda r: r["ts"])
+    await send_events(kafka, topics, history)
+    s = serving().start()
+    responses: dict[str, dict] = {}
+    clock = START + timedelta(hours=11)
+    async with httpx.AsyncClient(base_url=s.url, timeout=30) as client:
+        for round_ in range(20):
+            clock += timedelta(minutes=rng.uniform(1, 40))
+            batch = [raw_event(u, clock + timedelta(seconds=j), round_) for j, u in enumerate(rng.sample(users, 50))]
+            r = await client.post("/v1/predict/batch", json=batch)
+            assert r.status_code == 200, r.text
+            for raw, out in zip(batch, r.json()["predictions"]):
+                assert out["event_id"] == raw["event_id"] and out["model"] == {"name": "lr", "version": 1}
+                responses[raw["event_id"]] = out
+            await send_events(kafka, topics, batch)
+            expected = len(history) + 50 * (round_ + 1)
+            await _until(lambda: _features_count(kafka, topics), expected, "the worker's snapshots")
+            wait_until(lambda: httpx.get(f"{s.url}/readyz").json()["replica_lag_records"] == 0, 60,
+                       "the replica to apply them")
+    records = await read_topic(kafka, topics["features"], expect=len(history) + 1000)
+    snapshots = {}
+    for rec in records:
+        snap = wire(rec.value, FeatureSnapshot)
+        snapshots[snap["event_id"]] = snap
+    assert served_equal_snapshots(responses, snapshots, Vectorizer(FRAUD)) == 1000
+    logged = await read_topic(kafka, topics["predictions"], expect=1000)
+    preds = [wire(r.value, Prediction) for r in logged]
+    assert {p["event_id"] for p in preds} == set(responses) and {p["variant"] for p in preds} == {"champion"}
+    one = next(p for p in preds if p["event_id"] == next(iter(responses)))
+    assert one["features"] == responses[one["event_id"]]["features"] and one["model_version"] == 1
+    s.stop()
+    w.stop()
+
+
+async def _features_count(kafka, topics) -> int:
+    from tests.integration.test_features import topic_size
+    return await topic_size(kafka, topics["features"])
+
+
+async def _until(measure, at_least: int, what: str, timeout: float = 120) -> None:
+    import time
+    deadline = time.monotonic() + timeout
+    while (value := await measure()) < at_least:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: {value} < {at_least}")
+        await asyncio.sleep(0.2)
+
+
+async def test_twenty_swaps_under_steady_requests_fail_no_request(kafka, topics, worker, serving, tmp_path, model):
+    worker().start()
+    store = str(tmp_path / "artifacts")
+    await publish(kafka, topics, model_version(FRAUD, store, model, name="lr", version=1, stage="champion"))
+    s = serving().start()
+    statuses: Counter = Counter()
+    versions_seen: list[int] = []
+    stop = asyncio.Event()
+
+    async def client_loop(n: int) -> None:
+        async with httpx.AsyncClient(base_url=s.url, timeout=30) as client:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                r = await client.post("/v1/predict", json=raw_event(f"c{n}-{i % 20}", START + timedelta(seconds=i), i))
+                statuses[r.status_code] += 1
+                if r.status_code == 200:
+                    versions_seen.append(r.json()["model"]["version"])
+
+    clients = [asyncio.create_task(client_loop(n)) for n in range(4)]
+    for version in range(2, 22):  # 20 swaps, each a new champion record (a promotion)
+        await publish(kafka, topics, model_version(FRAUD, store, model, name="lr", version=version, stage="champion"))
+        await asyncio.sleep(0.4)
+    wait_until(lambda: httpx.get(f"{s.url}/v1/models").json()["champion"]["version"] == 21, 60, "the last swap")
+    await asyncio.sleep(0.5)
+    stop.set()
+    await asyncio.gather(*clients)
+    assert set(statuses) == {200} and statuses[200] > 100
+    assert set(versions_seen) <= set(range(1, 22)) and versions_seen[-1] == 21
+    assert versions_seen == sorted(versions_seen) or len(set(versions_seen)) > 10  # the swaps were seen live
+    metrics = httpx.get(f"{s.url}/metrics").text
+    assert metric_value(metrics, "loopline_serving_model_swaps_total", role="champion") == 21
+
+
+async def test_a_tampered_artifact_is_refused_while_the_old_version_serves(kafka, topics, worker, serving, tmp_path,
+                                                                           model):
+    worker().start()
+    store = str(tmp_path / "artifacts")
+    await publish(kafka, topics, model_version(FRAUD, store, model, name="lr", version=1, stage="champion"))
+    s = serving().start()
+    await publish(kafka, topics, model_version(FRAUD, store, model, name="lr", version=2, stage="champion",
+                                               tamper=True))
+    wait_until(lambda: httpx.get(f"{s.url}/v1/models").json()["refused"], 60, "the refusal")
+    refused = httpx.get(f"{s.url}/v1/models").json()
+    assert refused["champion"]["version"] == 1 and refused["refused"][0]["version"] == 2
+    assert "digest" in refused["refused"][0]["reason"].lower() or "sha256" in refused["refused"][0]["reason"].lower()
+    r = httpx.post(f"{s.url}/v1/predict", json=raw_event("t1", START, 1))
+    assert r.status_code == 200 and r.json()["model"]["version"] == 1
+    metrics = httpx.get(f"{s.url}/metrics").text
+    assert metric_value(metrics, "loopline_serving_model_refusals_total", reason="verification") == 1
+
+
+async def test_shadow_scores_are_logged_and_the_canary_share_is_sticky(kafka, topics, worker, serving, tmp_path,
+                                                                       model):
+    spec_text = FRAUD_TEXT + "\nserving: {threshold: 0.5, canary_share: 0.3}\n"
+    spec = parse_spec(spec_text)
+    worker().start()
+    store = str(tmp_path / "artifacts")
+    other = fitted_sklearn(FRAUD, fraud_training_examples(800, seed=22), C=0.01)
+    for v in (model_version(spec, store, model, name="lr", version=1, stage="champion"),
+              model_version(spec, store, other, name="lr2", version=1, stage="challenger"),
+              model_version(spec, store, other, name="lr3", version=1, stage="shadow")):
+        await publish(kafka, topics, v)
+    s = serving(spec_text).start()
+    wait_until(lambda: httpx.get(f"{s.url}/v1/models").json()["challenger"] is not None
+               and httpx.get(f"{s.url}/v1/models").json()["shadows"], 60, "challenger and shadow loaded")
+    variants: dict[str, set] = defaultdict(set)
+    event_ids = []
+    async with httpx.AsyncClient(base_url=s.url, timeout=30) as client:
+        for i in range(1200):
+            user = f"k{i % 300}"
+            r = await client.post("/v1/predict", json=raw_event(user, START + timedelta(seconds=i), i))
+            assert r.status_code == 200
+            variants[user].add((r.json()["variant"], r.json()["model"]["name"]))
+            event_ids.append(r.json()["event_id"])
+    assert all(len(v) == 1 for v in variants.values())  # sticky: an entity always gets the same version
+    share = sum(1 for v in variants.values() if ("challenger", "lr2") in v) / len(variants)
+    assert 0.22 <= share <= 0.38, share
+    logged = [wire(r.value, Prediction) for r in await read_topic(kafka, topics["predictions"], expect=2400)]
+    shadows = [p for p in logged if p["variant"] == "shadow"]
+    assert len(shadows) == 1200 and {p["model_name"] for p in shadows} == {"lr3"}
+    assert {p["event_id"] for p in shadows} == set(event_ids)
+
+
+async def test_a_restart_is_ready_only_once_the_replica_caught_up(kafka, topics, worker, serving, tmp_path, model):
+    worker().start()
+    await publish(kafka, topics, model_version(FRAUD, str(tmp_path / "artifacts"), model, name="lr", version=1,
+                                               stage="champion"))
+    history = [raw_event(f"r{i % 400}", START + timedelta(seconds=i), i) for i in range(6000)]
+    await send_events(kafka, topics, history)
+    await _until(lambda: _features_count(kafka, topics), 6000, "the worker's snapshots")
+    s = serving().start()
+    first = httpx.post(f"{s.url}/v1/predict", json=raw_event("r7", START + timedelta(hours=3), 99)).json()
+    s.stop()
+    shutil.rmtree(tmp_path / "s1")  # lose the replica: it is rebuilt from the changelog
+    s.start(wait_ready=False)
+    saw_503 = False
+    while True:
+        try:
+            r = httpx.get(f"{s.url}/readyz", timeout=2)
+        except httpx.HTTPError:
+            continue
+        if r.status_code == 200:
+            break
+        saw_503 = saw_503 or (r.status_code == 503 and not r.json()["checks"]["state_caught_up"])
+        p = httpx.post(f"{s.url}/v1/predict", json=raw_event("r7", START + timedelta(hours=3), 99))
+        assert p.status_code == 503 and p.headers["retry-after"]
+    again = httpx.post(f"{s.url}/v1/predict", json=raw_event("r7", START + timedelta(hours=3), 99)).json()
+    assert again["features"] == first["features"] and again["score"] == first["score"]
+    assert saw_503 or httpx.get(f"{s.url}/metrics").status_code == 200
+
+
+async def test_bad_requests_get_clear_4xx_and_no_model_gets_503(kafka, topics, serving, tmp_path, model):
+    s = serving().start(wait_ready=False)
+    wait_until(lambda: httpx.get(f"{s.url}/healthz").status_code == 200, 60, "serving up")
+    r = httpx.post(f"{s.url}/v1/predict", json=raw_event("b", START, 1))
+    assert r.status_code == 503 and r.headers["retry-after"] and "model" in r.json()["detail"]
+    await publish(kafka, topics, model_version(FRAUD, str(tmp_path / "artifacts"), model, name="lr", version=1,
+                                               stage="champion"))
+    s.wait_ready()
+    cases = [
+        ({**raw_event("b", START, 2), "amount": "12"}, "amount", "wrong_type"),
+        ({**raw_event("b", START, 3), "extra": 1}, "extra", "unknown_field"),
+        ({k: v for k, v in raw_event("b", START, 4).items() if k != "user_id"}, "user_id", "missing"),
+        ({**raw_event("b", START, 5), "country": "XX"}, "country", "not_allowed_value"),
+    ]
+    for body, field, code in cases:
+        r = httpx.post(f"{s.url}/v1/predict", json=body)
+        assert r.status_code == 422, r.text
+        assert {(x["field"], x["code"]) for x in r.json()["rejected"]} >= {(field, code)}
+    nan = httpx.post(f"{s.url}/v1/predict", content=b'{"amount": NaN}', headers={"content-type": "application/json"})
+    assert nan.status_code == 422 and nan.json()["rejected"][0]["code"] == "invalid_json"
+    big = httpx.post(f"{s.url}/v1/predict", content=b"[" + b"1," * 600_000 + b"1]",
+                     headers={"content-type": "application/json"})
+    assert big.status_code == 413
+    batch = httpx.post(f"{s.url}/v1/predict/batch", json=[raw_event("b", START, 6), {**raw_event("b", START, 7),
+                                                                                     "amount": -1}])
+    assert batch.status_code == 422 and batch.json()["rejected"][0]["index"] == 1
+    for r in (batch, big, nan):
+        assert "Traceback" not in r.text
