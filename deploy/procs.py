@@ -116,14 +116,19 @@ class ServiceProcess:
         return self
 
     def wait_ready(self) -> None:
-        wait_until(lambda: self._ready(), self.ready_timeout, f"{self.module} ready (log: {self.log_path})")
+        """Until /readyz answers 200."""
+        wait_until(lambda: self._answers("/readyz"), self.ready_timeout, f"{self.module} ready (log: {self.log_path})")
 
-    def _ready(self) -> bool:
+    def wait_up(self) -> None:
+        """Until /healthz answers 200 (serving HTTP, perhaps not ready)."""
+        wait_until(lambda: self._answers("/healthz"), self.ready_timeout, f"{self.module} up (log: {self.log_path})")
+
+    def _answers(self, path: str) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise RuntimeError(f"{self.module} exited with {self.proc.returncode}: {self.tail()}")
         try:
-            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+            return httpx.get(f"{self.url}{path}", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -81,7 +81,7 @@ class ServingContext:
         checks = {"registry": self.registry_loaded, "model": self.models.deployment.champion is not None,
                   "state_caught_up": self.replica.caught_up, "prediction_log": "prediction_log" not in problems}
         return {"ready": not problems, "checks": checks, "problems": problems,
-                "replica_lag_records": self.replica.lag}
+                "replica_lag_records": self.replica.lag, "replica_positions": self.replica.positions}
 
 
 def create_app(settings: ServingSettings | None = None) -> FastAPI:

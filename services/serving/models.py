@@ -111,6 +111,7 @@ class Models:
             return None
         try:
             scorer = await asyncio.to_thread(self._prepare, version)
+            warm_up(scorer, self.spec)  # in the thread that scores with it (thread limits are per thread)
         except ArtifactRejected as exc:
             return self._refuse(key, "verification", f"{exc}", role)
         except Exception as exc:  # noqa: BLE001 - a version that cannot be loaded must not stop serving
@@ -119,12 +120,10 @@ class Models:
         return Loaded(version, scorer, datetime.now(timezone.utc))
 
     def _prepare(self, version: ModelVersion) -> Scorer:
-        """Off the event loop: download, verify, deserialize, compile, warm up."""
+        """Off the event loop: download, verify, deserialize, compile."""
         data = self.store.get(version.artifact_uri)
         model = load_model(data, version.library, sha256=version.sha256, signature=version.signature, key=self.key)
-        scorer = compile_scorer(model, version, self.spec)
-        warm_up(scorer, self.spec)
-        return scorer
+        return compile_scorer(model, version, self.spec)
 
     def _refuse(self, key: tuple[str, int], reason: str, detail: str, role: str) -> None:
         self.refused[key] = detail

@@ -141,7 +141,7 @@ class StateReplica:
                 self.metrics.replica_lag.set(self.lag)
             except KafkaError as exc:
                 log.warning("cannot read the replica's lag", extra={"error": repr(exc)})
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(1.0)
 
     def close(self) -> None:
         self.db.close()
