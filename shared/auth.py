@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import secrets
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from fastapi import HTTPException, Request
 
@@ -51,12 +51,13 @@ class ApiKeys:
                 found = scopes
         return found
 
-    def require(self, scope: str) -> Callable[[Request], None]:
-        """A FastAPI dependency: the request must carry a key with `scope` (when keys are configured)."""
+    def require(self, scope: str) -> Callable[[Request], Awaitable[None]]:
+        """A FastAPI dependency: the request must carry a key with `scope` (when keys are configured).
+        A coroutine: FastAPI runs a plain function dependency in its thread pool, a thread hop per request."""
         if scope not in SCOPES:
             raise ValueError(f"unknown scope {scope!r}")
 
-        def check(request: Request) -> None:
+        async def check(request: Request) -> None:
             if not self.enabled:
                 return
             key = request.headers.get("x-api-key")

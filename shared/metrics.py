@@ -1,7 +1,14 @@
 """Prometheus helpers; each service declares its own metrics in its metrics.py."""
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_created_metrics, generate_latest
+import contextlib
+import gc
+import time
+from collections.abc import Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, disable_created_metrics, generate_latest,
+)
 
 # *_created series double every counter's output and no dashboard of ours reads them.
 disable_created_metrics()
@@ -13,3 +20,32 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 def render(registry: CollectorRegistry) -> tuple[bytes, str]:
     """Exposition body and content type for a /metrics endpoint."""
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+
+@contextlib.contextmanager
+def gc_pauses(histogram: Histogram) -> Iterator[None]:
+    """While inside, observe every garbage-collector pause into `histogram` (labelled by generation):
+    a full collection walks every tracked object and stops the event loop meanwhile, which shows up
+    as latency tails."""
+    children = [histogram.labels(str(g)) for g in range(3)]
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            children[info["generation"]].observe(time.perf_counter() - started[0])
+
+    gc.callbacks.append(callback)
+    try:
+        yield
+    finally:
+        gc.callbacks.remove(callback)
+
+
+def freeze_heap() -> None:
+    """Move everything alive now (imports, loaded models) out of the collector's reach, so full
+    collections walk only what was allocated since: call once startup's long-lived objects exist."""
+    gc.collect()
+    gc.freeze()

@@ -3,17 +3,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Literal
+from datetime import datetime
+from typing import Any, Literal, NamedTuple
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from services.serving.domain import decision, in_canary, iso, log_key, prediction
-from shared.errors import ValidationFailed
-from shared.events import GLOBAL_KEY, new_event_id
+from services.serving.models import Deployment, Loaded
+from shared.errors import ScoringError, ValidationFailed
+from shared.events import new_event_id
 from shared.http import BodyTooLarge, ops_router, read_body
 from shared.kafka import OutRecord
+from shared.scoring import Scored
 from shared.serialization import dumps, loads, utcnow
 
 
@@ -61,6 +64,18 @@ class Problem(BaseModel):
     detail: str
 
 
+class _Row(NamedTuple):
+    """One event of a request, ready to score."""
+    index: int
+    fields: dict[str, Any]
+    event_id: str
+    entity: str | None
+    features: dict[str, Any]
+    state_time: float | None
+    use: Loaded
+    variant: str
+
+
 class Unavailable(Exception):
     def __init__(self, reason: str):
         self.reason = reason
@@ -83,52 +98,86 @@ def build_router(ctx: Any) -> APIRouter:
     def unavailable(reason: str) -> Response:
         return JSONResponse({"detail": reason}, status_code=503, headers={"Retry-After": str(s.retry_after_s)})
 
-    def score(raw: Any, started: float, records: list[OutRecord], forward: bool) -> dict[str, Any]:
-        """One event: validate, request-time features, the variant's score, the log records."""
+    def prepare(index: int, raw: Any, now: datetime, deployment: Deployment) -> _Row:
+        """One event: validated, its request-time features, the variant that serves it."""
         fields = validator.validate(raw)
         event_id = fields.pop("event_id", None) or new_event_id()
-        now = utcnow()
         validator.check_not_future({"occurred_at": fields[validator.time_field], "data": fields}, now=now,
                                    max_ahead=ctx.max_future)
+        features, state_time = ctx.replica.features(fields, engine.event_time(fields))
+        entity = engine.entity_of(fields)
+        if deployment.challenger is not None and in_canary(entity, event_id, spec.serving.canary_share):
+            return _Row(index, fields, event_id, entity, features, state_time, deployment.challenger, "challenger")
+        return _Row(index, fields, event_id, entity, features, state_time, deployment.champion, "champion")
+
+    def scores(loaded: Loaded, rows: list[_Row]) -> list[Scored]:
+        """The rows' scores by one model, in one call; rows it cannot score are rejected one by one."""
+        try:
+            return loaded.scorer.score_many([(r.features, r.fields) for r in rows])
+        except ScoringError:
+            if len(rows) == 1:
+                raise ValidationFailed([{"field": "", "code": "unscorable",
+                                         "reason": "the model cannot score this event"}]) from None
+        problems = []
+        for r in rows:
+            try:
+                loaded.scorer.score_one(r.features, r.fields)
+            except ScoringError as exc:
+                problems.append({"index": r.index, "field": "", "code": "unscorable",
+                                 "reason": f"the model cannot score this event: {exc}"})
+        raise ValidationFailed(problems or [{"field": "", "code": "unscorable", "reason": "the model failed"}])
+
+    def score(items: list[Any], started: float, records: list[OutRecord], forward: bool) -> list[dict[str, Any]]:
+        """Validate every event, compute its features, score each model's rows in one call, log."""
         deployment = ctx.models.deployment
         if deployment.champion is None:
             raise Unavailable("no model is loaded yet")
-        t = engine.event_time(fields)
-        features, state_time = ctx.replica.features(fields, t)
-        entity = engine.entity_of(fields)
-        use, variant = deployment.champion, "champion"
-        if deployment.challenger is not None and in_canary(entity, event_id, spec.serving.canary_share):
-            use, variant = deployment.challenger, "challenger"
-        scored = use.scorer.score_one(features, fields)
-        decided = decision(spec, scored)
-        vector = use.scorer.vector(features, fields)
+        now = utcnow()
+        rows, rejected = [], []
+        for index, raw in enumerate(items):
+            try:
+                rows.append(prepare(index, raw, now, deployment))
+            except ValidationFailed as exc:
+                rejected += [{"index": index, **e} for e in exc.errors]
+        if rejected:
+            raise ValidationFailed(rejected)
+        scored: list[Scored | None] = [None] * len(rows)
+        for loaded in {id(r.use): r.use for r in rows}.values():
+            mine = [i for i, r in enumerate(rows) if r.use is loaded]
+            for i, one in zip(mine, scores(loaded, [rows[i] for i in mine])):
+                scored[i] = one
+        shadows = [(shadow, scores(shadow, rows)) for shadow in deployment.shadows]  # same inputs, never returned
         latency_ms = (time.perf_counter() - started) * 1000
         predicted_at = now.isoformat().replace("+00:00", "Z")
-        occurred_at = fields[validator.time_field]
-        prediction_id = new_event_id()
-        topic, key = ctx.topics["predictions"], log_key(entity, event_id)
-        records.append(OutRecord(topic, key, dumps(prediction(
-            prediction_id=prediction_id, event_id=event_id, occurred_at=occurred_at, predicted_at=predicted_at,
-            entity=entity, name=use.version.name, version=use.version.version, variant=variant, scored=scored,
-            decided=decided, vector=vector, feature_hash=engine.feature_hash, state_time=state_time,
-            latency_ms=latency_ms))))
-        metrics.predictions.labels(variant).inc()
-        for shadow in deployment.shadows:  # scored on the same inputs, logged, never returned
-            shadow_scored = shadow.scorer.score_one(features, fields)
-            records.append(OutRecord(topic, key, dumps(prediction(
-                prediction_id=new_event_id(), event_id=event_id, occurred_at=occurred_at,
-                predicted_at=predicted_at, entity=entity, name=shadow.version.name, version=shadow.version.version,
-                variant="shadow", scored=shadow_scored, decided=decision(spec, shadow_scored),
-                vector=shadow.scorer.vector(features, fields), feature_hash=engine.feature_hash,
-                state_time=state_time, latency_ms=latency_ms))))
-            metrics.predictions.labels("shadow").inc()
-        if forward:
-            record = validator.envelope(dict(fields), source="serving", ingested_at=now, event_id=event_id)
-            records.append(OutRecord(ctx.topics["events"], validator.kafka_key(record), dumps(record)))
-        return {"prediction_id": prediction_id, "event_id": event_id, "score": scored.score, "decision": decided,
-                "proba": scored.proba, "model": {"name": use.version.name, "version": use.version.version},
-                "variant": variant, "features": vector,
-                "staleness": {"state_event_time": iso(state_time), "replica_lag_records": ctx.replica.lag}}
+        topic, out = ctx.topics["predictions"], []
+        for i, (r, one) in enumerate(zip(rows, scored)):
+            assert one is not None
+            occurred_at, state_at = r.fields[validator.time_field], iso(r.state_time)
+            key = log_key(r.entity, r.event_id)
+            prediction_id = new_event_id()
+            vector = r.use.scorer.vector(r.features, r.fields)
+            decided = decision(spec, one)
+            logged = [(r.use, r.variant, one, decided, vector, prediction_id)] + [
+                (shadow, "shadow", results[i], decision(spec, results[i]), shadow.scorer.vector(r.features, r.fields),
+                 new_event_id()) for shadow, results in shadows]
+            for loaded, variant, result, result_decided, vec, pid in logged:
+                records.append(OutRecord(topic, key, dumps(prediction(
+                    prediction_id=pid, event_id=r.event_id, occurred_at=occurred_at, predicted_at=predicted_at,
+                    entity=r.entity, name=loaded.version.name, version=loaded.version.version, variant=variant,
+                    scored=result, decided=result_decided, vector=vec, feature_hash=engine.feature_hash,
+                    state_event_time=state_at, latency_ms=latency_ms))))
+            if forward:
+                record = validator.envelope(dict(r.fields), source="serving", ingested_at=now, event_id=r.event_id)
+                records.append(OutRecord(ctx.topics["events"], validator.kafka_key(record), dumps(record)))
+            out.append({"prediction_id": prediction_id, "event_id": r.event_id, "score": one.score,
+                        "decision": decided, "proba": one.proba,
+                        "model": {"name": r.use.version.name, "version": r.use.version.version},
+                        "variant": r.variant, "features": vector,
+                        "staleness": {"state_event_time": state_at, "replica_lag_records": ctx.replica.lag}})
+        metrics.predictions.labels("champion").inc(sum(r.variant == "champion" for r in rows))
+        metrics.predictions.labels("challenger").inc(sum(r.variant == "challenger" for r in rows))
+        metrics.predictions.labels("shadow").inc(len(rows) * len(shadows))
+        return out
 
     async def handle(request: Request, route: str, many: bool) -> Response:
         started = time.perf_counter()
@@ -171,15 +220,11 @@ def build_router(ctx: Any) -> APIRouter:
             if not items:
                 return _rejected([{"index": 0, "field": "", "code": "empty", "reason": "no events"}])
             records: list[OutRecord] = []
-            out, rejected = [], []
             forward = s.forward_events or request.query_params.get("forward") == "true"
-            for index, raw in enumerate(items):
-                try:
-                    out.append(score(raw, started, records, forward))
-                except ValidationFailed as exc:
-                    rejected += [{"index": index, **e} for e in exc.errors]
-            if rejected:
-                return _rejected(rejected)
+            try:
+                out = score(items, started, records, forward)
+            except ValidationFailed as exc:
+                return _rejected(exc.errors)
             forwarded = [r for r in records if r.topic == ctx.topics["events"]]
             if forwarded:  # acknowledged by Kafka before the answer, as ingest does
                 try:

@@ -27,6 +27,7 @@ from shared.auth import ApiKeys
 from shared.events import EventValidator
 from shared.features import FeatureEngine
 from shared.kafka import OutRecord, ensure_topics, make_producer, send_batched
+from shared.metrics import freeze_heap, gc_pauses
 from shared.registry import ArtifactStore, Registry, follow_registry, read_registry
 from shared.spec import PipelineSpec, load_spec
 from shared.topics import Topics
@@ -96,37 +97,39 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         StateReplica(settings.kafka, topics, engine, settings.data_dir, metrics, cache_events=settings.cache_events,
                      cache_entities=settings.cache_entities),
         Models(spec, ArtifactStore(settings.artifact_url), key, metrics),
-        PredictionLog(settings.log_buffer, metrics), ApiKeys(settings.api_keys))
+        PredictionLog(settings.log_buffer, metrics, settings.log_linger_ms / 1000), ApiKeys(settings.api_keys))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        tasks: list[asyncio.Task[Any]] = []
-        try:
-            await ensure_topics(settings.kafka, topics, [topics["models"], topics["predictions"], topics["events"]])
-            ctx.producer = make_producer(settings.kafka)
-            await ctx.producer.start()
-            registry, offsets = await read_registry(settings.kafka, topics["models"])
-            ctx.registry = registry
-            await ctx.models.reconcile(registry)
-            ctx.registry_loaded = True
-            tasks = [asyncio.create_task(coro) for coro in (
-                ctx.replica.run(),
-                follow_registry(settings.kafka, topics["models"], registry, offsets,
-                                on_change=lambda _: ctx.models.wanted()),
-                ctx.models.follow(registry),
-                ctx.log.run(ctx.producer),
-            )]
-            yield
-        finally:
-            await ctx.log.drain(timeout_s=10)
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            if ctx.producer is not None:
-                await ctx.producer.stop()
-            ctx.replica.close()
+        with gc_pauses(metrics.gc_pauses):
+            tasks: list[asyncio.Task[Any]] = []
+            try:
+                await ensure_topics(settings.kafka, topics, [topics["models"], topics["predictions"], topics["events"]])
+                ctx.producer = make_producer(settings.kafka)
+                await ctx.producer.start()
+                registry, offsets = await read_registry(settings.kafka, topics["models"])
+                ctx.registry = registry
+                await ctx.models.reconcile(registry)
+                ctx.registry_loaded = True
+                freeze_heap()  # imports and the loaded models: full collections no longer walk them
+                tasks = [asyncio.create_task(coro) for coro in (
+                    ctx.replica.run(),
+                    follow_registry(settings.kafka, topics["models"], registry, offsets,
+                                    on_change=lambda _: ctx.models.wanted()),
+                    ctx.models.follow(registry),
+                    ctx.log.run(ctx.producer),
+                )]
+                yield
+            finally:
+                await ctx.log.drain(timeout_s=10)
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+                if ctx.producer is not None:
+                    await ctx.producer.stop()
+                ctx.replica.close()
 
     app = FastAPI(title=f"Loopline serving — {spec.name}", version="1", lifespan=lifespan,
                   description="Predictions with request-time features computed from each entity's state by the "

@@ -28,5 +28,7 @@ class ServingSettings(ServiceSettings):
                            "request may ask for it with ?forward=true")
     log_buffer: int = Field(100_000, ge=100, description="Predictions waiting for the log; when full, they are "
                                                          "counted as undelivered and /readyz fails")
+    log_linger_ms: float = Field(20.0, ge=0, le=1000, description="Predictions are sent to the log in batches "
+                                 "gathered over this long (one produce request per linger instead of per request)")
     cache_events: int = Field(2_000_000, ge=1000, description="Events of decoded entity states kept in memory")
     cache_entities: int = Field(50_000, ge=10, description="Decoded entity states kept in memory")

@@ -40,13 +40,13 @@ def iso(t: float | None) -> str | None:
 
 def prediction(*, prediction_id: str, event_id: str, occurred_at: str, predicted_at: str, entity: str | None,
                name: str, version: int, variant: str, scored: Scored, decided: Any, vector: dict[str, Any],
-               feature_hash: str, state_time: float | None, latency_ms: float) -> dict[str, Any]:
+               feature_hash: str, state_event_time: str | None, latency_ms: float) -> dict[str, Any]:
     """The `Prediction` record (shared.events) as a JSON-ready dict."""
     return {"prediction_id": prediction_id, "type": "prediction", "schema_version": SCHEMA_VERSION,
             "event_id": event_id, "occurred_at": occurred_at, "predicted_at": predicted_at, "entity": entity,
             "model_name": name, "model_version": version, "variant": variant, "score": scored.score,
             "predicted": decided, "proba": scored.proba, "features": vector, "feature_hash": feature_hash,
-            "state_event_time": iso(state_time), "latency_ms": latency_ms}
+            "state_event_time": state_event_time, "latency_ms": latency_ms}
 
 
 def log_key(entity: str | None, event_id: str) -> bytes:

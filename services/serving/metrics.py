@@ -29,5 +29,7 @@ class ServingMetrics:
         self.log_undelivered = Counter("loopline_serving_log_undelivered_total",
                                        "Predictions that could not be logged (buffer full or send failed)",
                                        registry=r)
+        self.gc_pauses = Histogram("loopline_serving_gc_pause_seconds", "Garbage-collector pauses by generation",
+                                   ["generation"], buckets=LATENCY_BUCKETS, registry=r)
         self.forwarded = Counter("loopline_serving_forwarded_events_total", "Events forwarded to `events`",
                                  registry=r)

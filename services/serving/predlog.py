@@ -1,8 +1,8 @@
 """The prediction log: every prediction goes to `predictions`, without ever blocking a request.
 
 Requests put records into a bounded buffer and go on; one task sends them in batches (aiokafka's
-batch API) and retries a failed batch with backoff. A full buffer drops the new record and counts
-it (`loopline_serving_log_undelivered_total`); /readyz fails while the buffer is full or the log has
+batch API, after a short linger: the broker sees one produce request per linger, not per request)
+and retries a failed batch with backoff. A full buffer drops the new record and counts it (`loopline_serving_log_undelivered_total`); /readyz fails while the buffer is full or the log has
 not drained for a while, so an operator sees it. Nothing is dropped silently."""
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ STALL_S = 30.0  # /readyz fails when records have waited this long without one s
 
 
 class PredictionLog:
-    def __init__(self, capacity: int, metrics: ServingMetrics):
-        self.capacity, self.metrics = capacity, metrics
+    def __init__(self, capacity: int, metrics: ServingMetrics, linger_s: float = 0.02):
+        self.capacity, self.metrics, self.linger_s = capacity, metrics, linger_s
         self._buffer: deque[OutRecord] = deque()
         self._ready = asyncio.Event()
         self.last_sent = time.monotonic()
@@ -59,6 +59,8 @@ class PredictionLog:
                 self._ready.clear()
                 self.last_sent = time.monotonic()
                 await self._ready.wait()
+            if len(self._buffer) < BATCH:  # gather a batch: one produce request per linger, not per request
+                await asyncio.sleep(self.linger_s)
             batch = [self._buffer[i] for i in range(min(BATCH, len(self._buffer)))]
             try:
                 sent = await asyncio.wait_for(send_batched(producer, batch), timeout_s)
