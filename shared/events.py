@@ -284,21 +284,54 @@ class Prediction(Wire):
 
 # ---------------------------------------------------------------- monitor → alerts
 
+AlertKind = Literal["data_drift", "prediction_drift", "concept_drift", "performance", "bias", "skew"]
+Severity = Literal["info", "warning", "critical"]
+
+
 class Alert(Wire):
-    """A monitor finding (topic `alerts`, key = fingerprint; a resolve reuses the fingerprint)."""
+    """A monitor finding (topic `alerts`, key = fingerprint; a resolve reuses the fingerprint).
+
+    The fingerprint is the stable dedup key of what is watched (kind, model, subject, statistic): one
+    record when it starts firing, one when it resolves; windows in between are not re-sent."""
 
     fingerprint: str
-    kind: Literal["data_drift", "prediction_drift", "concept_drift", "performance", "bias", "skew"]
+    kind: AlertKind
     status: Literal["firing", "resolved"]
-    severity: Literal["info", "warning", "critical"]
+    severity: Severity
     subject: str = Field(description="Feature, segment or model the alert is about")
+    statistic: str = Field("", description="What `value` is: psi, ks_pvalue, chi2_pvalue, adwin, roc_auc, ...")
     value: float
     threshold: float
+    window: int = Field(0, ge=0, description="Observations (predictions or labelled predictions) the value is over")
     model_name: str | None = None
     model_version: int | None = None
     started_at: datetime
     updated_at: datetime
     details: dict[str, Any] = Field(default_factory=dict)
+
+
+class Subscription(Wire):
+    """An on-call webhook subscription (compacted topic `subscriptions`, key = id; a tombstone removes
+    it). Alerts matching every non-empty filter are delivered with Standard Webhooks headers signed
+    with `secret`."""
+
+    id: EventId
+    url: str = Field(pattern=r"^https?://", max_length=2048, description="Where alerts are POSTed")
+    kinds: list[AlertKind] = Field(default_factory=list, description="Alert kinds to deliver; empty: all")
+    severities: list[Severity] = Field(default_factory=list, description="Severities to deliver; empty: all")
+    models: list[Name] = Field(default_factory=list, description="Model names to deliver; empty: all")
+    secret: str = Field(pattern=r"^whsec_[A-Za-z0-9+/=]{16,}$",
+                        description="Standard Webhooks signing secret: 'whsec_' + base64 of the key bytes")
+    template: Literal["standard", "slack", "pagerduty"] = Field(
+        "standard", description="Payload shape: the alert as JSON, a Slack message, or a PagerDuty Events v2 event")
+    created_at: UtcTime
+    disabled: bool = False
+    disabled_reason: str = ""
+
+    def matches(self, alert: Alert) -> bool:
+        return (not self.disabled and (not self.kinds or alert.kind in self.kinds)
+                and (not self.severities or alert.severity in self.severities)
+                and (not self.models or alert.model_name in self.models))
 
 
 # ---------------------------------------------------------------- validation of incoming events

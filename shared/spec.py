@@ -382,10 +382,19 @@ class MetricsSpec(_Strict):
 # ---------------------------------------------------------------- monitoring
 
 class DriftSpec(_Strict):
+    """Live windows against the champion's reference statistics. Every window computes PSI for every
+    input and the two-sample test that suits its type (Kolmogorov-Smirnov for numbers, chi-square for
+    categories); `method` picks what an alert compares with `threshold`: psi, the population stability
+    index (alert at or above it); ks or chi2, the type's test (alert when its p-value is below it)."""
+
     method: Literal["psi", "ks", "chi2"] = "psi"
-    threshold: float = Field(0.2, gt=0)
+    threshold: float | None = Field(None, gt=0, description="Default: 0.2 for psi, a p-value of 0.01 for the tests")
     reference_size: int = Field(5000, ge=100)
-    window_size: int = Field(2000, ge=100)
+    window_size: int = Field(2000, ge=100, description="Predictions per live window (tumbling)")
+
+    @property
+    def limit(self) -> float:
+        return self.threshold if self.threshold is not None else (0.2 if self.method == "psi" else 0.01)
 
 
 class ConceptDriftSpec(_Strict):
@@ -408,8 +417,24 @@ class MonitoringSpec(_Strict):
     concept_drift: ConceptDriftSpec = Field(default_factory=ConceptDriftSpec)
     performance_window: int = Field(1000, ge=50, description="Labelled predictions per live metric")
     segments: list[Name] = Field(default_factory=list, description="Category fields to compare for bias")
-    max_segment_gap: float = Field(0.1, gt=0, description="Largest tolerated primary-metric gap")
-    skew_threshold: float = Field(1e-6, ge=0, description="Train/serve feature mismatch tolerance")
+    bias_bounds: tuple[float, float] = Field(
+        (0.8, 1.25), description="A segment's positive rate and error rates divided by the best segment's must stay "
+                                 "within these bounds (the four-fifths rule)")
+    max_segment_gap: float = Field(0.1, gt=0, description="Largest tolerated error-rate gap (absolute) between a "
+                                                          "segment and the best one")
+    min_segment_size: int = Field(50, ge=1, description="Labelled predictions a segment needs in a window to be judged")
+    skew_threshold: float = Field(1e-6, ge=0, description="Train/serve feature mismatch tolerance (relative)")
+    hysteresis: float = Field(0.8, gt=0, lt=1, description=(
+        "A firing alert resolves only once its statistic is back past threshold × hysteresis (for a p-value: "
+        "threshold / hysteresis; for a minimum: the value it must reach again), so a value hovering at the "
+        "threshold does not flap"))
+
+    @model_validator(mode="after")
+    def _bounds(self) -> MonitoringSpec:
+        low, high = self.bias_bounds
+        if not 0 < low <= 1 <= high:
+            raise ValueError("bias_bounds must be [low, high] with 0 < low <= 1 <= high")
+        return self
 
 
 # ---------------------------------------------------------------- the spec

@@ -63,6 +63,11 @@ CATALOGUE: dict[str, TopicSpec] = {
                               "as the table's source topics"),
         TopicSpec("alerts", ev.Alert, "alert fingerprint", 1, compacted=True, retention_ms=None,
                   description="Monitor findings; a resolve reuses the firing alert's key"),
+        TopicSpec("subscriptions", ev.Subscription, "subscription id", 1, compacted=True, retention_ms=None,
+                  description="On-call webhook subscriptions (a tombstone removes one); the monitor rebuilds them"),
+        TopicSpec("alerts.deliveries.dlq", None, "subscription id", 1, retention_ms=30 * DAY_MS,
+                  description="Webhook deliveries given up after the last attempt: the payload, the reason in "
+                              "dlq.* headers"),
     ]
 }
 

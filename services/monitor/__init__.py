@@ -1,0 +1,1 @@
+"""services/monitor: drift, performance, bias and skew monitoring; alerts; on-call webhook subscriptions."""
