@@ -16,8 +16,11 @@ import hmac
 import secrets
 import sys
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 
 SCOPES = frozenset({"events:write", "predict", "admin"})
 
@@ -51,15 +54,21 @@ class ApiKeys:
                 found = scopes
         return found
 
-    def require(self, scope: str) -> Callable[[Request], Awaitable[None]]:
+    def require(self, scope: str) -> Callable[..., Awaitable[None]]:
         """A FastAPI dependency: the request must carry a key with `scope` (when keys are configured).
-        A coroutine: FastAPI runs a plain function dependency in its thread pool, a thread hop per request."""
+        With keys configured it declares both ways to send one (`HTTPBearer`, `APIKeyHeader`) as the
+        route's OpenAPI security, so the document says what the route enforces; without keys, none.
+        Coroutines: FastAPI runs a plain function dependency in its thread pool, a thread hop per request."""
         if scope not in SCOPES:
             raise ValueError(f"unknown scope {scope!r}")
 
-        async def check(request: Request) -> None:
-            if not self.enabled:
-                return
+        if not self.enabled:
+            async def open_route() -> None:
+                return None
+            return open_route
+
+        async def check(request: Request, _bearer: HTTPAuthorizationCredentials | None = Depends(_BEARER),
+                        _header: str | None = Depends(_API_KEY_HEADER)) -> None:
             key = request.headers.get("x-api-key")
             auth = request.headers.get("authorization", "")
             if key is None and auth.lower().startswith("bearer "):
@@ -71,6 +80,23 @@ class ApiKeys:
             if scopes is None or scope not in scopes:
                 raise HTTPException(403, f"this key does not grant '{scope}'")
         return check
+
+    @property
+    def responses(self) -> dict[int | str, dict[str, Any]]:
+        """The OpenAPI responses of a route that requires a key (none when the routes are open)."""
+        if not self.enabled:
+            return {}
+        return {401: {"model": Problem, "description": "No API key sent"},
+                403: {"model": Problem, "description": "The key is unknown or lacks the route's scope"}}
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+# Documentation only (auto_error=False): `check` reads the headers itself, with the same rules.
+_BEARER = HTTPBearer(auto_error=False, description="Authorization: Bearer <key>")
+_API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="The key itself")
 
 
 def main(argv: list[str] | None = None) -> int:

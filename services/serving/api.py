@@ -93,6 +93,7 @@ def build_router(ctx: Any) -> APIRouter:
         422: {"model": Rejected, "description": "An event is not valid: field, reason and code per problem"},
         503: {"model": Problem, "description": "No model loaded yet, state not caught up, overloaded or timed out; "
                                                "see Retry-After"},
+        **ctx.keys.responses,
     }
 
     def unavailable(reason: str) -> Response:

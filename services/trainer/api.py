@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.service import Trainer
@@ -13,15 +14,38 @@ from shared.http import ops_router
 from shared.stream import StreamApp
 
 
+class Problem(BaseModel):
+    detail: str
+
+
 class StageChange(BaseModel):
     stage: Literal["challenger", "shadow", "archived"] = Field(
         description="challenger: serves the spec's canary share of entities; shadow: scores every request, "
                     "logged only; archived: neither")
 
 
+async def stage_change(request: Request) -> StageChange:
+    """The body of a stage change, read once the route's key is checked (a dependency declared after
+    it): a client without the key gets 401/403 whatever it sends, and a body that is not JSON, or
+    not UTF-8, is a 422 like any other invalid body (FastAPI's own body parsing answers 400 to it)."""
+    try:
+        return StageChange.model_validate_json(await request.body())
+    except ValidationError as exc:
+        # `input` of a body that is not JSON is the raw bytes: not text, not echoed
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"]), "input": None}
+                                      if isinstance(e.get("input"), bytes) else {**e, "loc": ("body", *e["loc"])}
+                                      for e in exc.errors(include_url=False)]) from None
+
+
+STAGE_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": StageChange.model_json_schema()}}}}
+
+
 def build_router(app: StreamApp, trainer: Trainer, metrics: TrainerMetrics, keys: ApiKeys) -> APIRouter:
     router = APIRouter()
     admin = [Depends(keys.require("admin"))]
+    missing = {404: {"model": Problem, "description": "No such version in the registry"}}
+    conflict = {409: {"model": Problem, "description": "The registry's state does not allow it"}}
 
     def version_or_404(name: str, version: int) -> dict[str, Any]:
         found = trainer.registry.get(name, version)
@@ -37,16 +61,19 @@ def build_router(app: StreamApp, trainer: Trainer, metrics: TrainerMetrics, keys
                               "algorithm": v.algorithm, "evaluation": v.evaluation, "metrics": v.metrics,
                               "trained_at": v.trained_at, "reason": v.reason} for v in trainer.registry.versions()]}
 
-    @router.get("/v1/models/{name}/{version}", summary="One version with its metrics, lineage and reference statistics")
+    @router.get("/v1/models/{name}/{version}", responses=missing,
+                summary="One version with its metrics, lineage and reference statistics")
     async def model(name: str, version: int) -> dict[str, Any]:
         return version_or_404(name, version)
 
-    @router.post("/v1/retrain", status_code=202, dependencies=admin, summary="Retrain the batch candidates now (admin)")
+    @router.post("/v1/retrain", status_code=202, dependencies=admin, responses=keys.responses,
+                 summary="Retrain the batch candidates now (admin)")
     async def retrain() -> dict[str, Any]:
         trainer.request("request")
         return {"triggered": True, "window_examples": len(trainer.window)}
 
     @router.post("/v1/models/{name}/{version}/promote", dependencies=admin,
+                 responses={**missing, **keys.responses},
                  summary="Make this version the champion (admin)")
     async def promote(name: str, version: int) -> dict[str, Any]:
         version_or_404(name, version)
@@ -54,8 +81,9 @@ def build_router(app: StreamApp, trainer: Trainer, metrics: TrainerMetrics, keys
         return version_or_404(name, version)
 
     @router.post("/v1/models/{name}/{version}/stage", dependencies=admin,
+                 responses={**missing, **conflict, **keys.responses}, openapi_extra=STAGE_BODY,
                  summary="Put this version in stage challenger (canary), shadow or archived (admin)")
-    async def stage(name: str, version: int, body: StageChange) -> dict[str, Any]:
+    async def stage(name: str, version: int, body: StageChange = Depends(stage_change)) -> dict[str, Any]:
         version_or_404(name, version)
         try:
             records = trainer.restage(name, version, body.stage)
@@ -64,7 +92,8 @@ def build_router(app: StreamApp, trainer: Trainer, metrics: TrainerMetrics, keys
         await app.emit(records)
         return version_or_404(name, version)
 
-    @router.post("/v1/rollback", dependencies=admin, summary="Make the previous champion the champion again (admin)")
+    @router.post("/v1/rollback", dependencies=admin, responses={**conflict, **keys.responses},
+                 summary="Make the previous champion the champion again (admin)")
     async def rollback() -> dict[str, Any]:
         try:
             records = trainer.rollback()

@@ -63,3 +63,9 @@ def test_the_command_prints_a_key_and_its_entry(capsys):
     out = capsys.readouterr().out
     key = out.split("key:")[1].split()[0]
     assert f"entry: {hash_key(key)}:predict" in out
+
+
+def test_the_openapi_document_declares_the_security_a_route_enforces():
+    secured = client([f"{hash_key('alpha')}:admin"]).app.openapi()["paths"]["/admin"]["post"]
+    assert {name for requirement in secured["security"] for name in requirement} == {"HTTPBearer", "APIKeyHeader"}
+    assert "security" not in client([]).app.openapi()["paths"]["/admin"]["post"]
