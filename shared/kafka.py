@@ -271,6 +271,29 @@ async def run_consumer(kafka: KafkaSettings, topics: Sequence[str], group_id: st
         log.info("consumer stopped with a batch in hand; it is read again after a restart", extra={"consumer": name})
 
 
+async def read_to_end(kafka: KafkaSettings, topic: str, apply: Callable[[Any], None]) -> dict[int, int]:
+    """Call `apply(record)` for every record of `topic` up to its end offsets at the call (e.g. to
+    rebuild state from a compacted topic) and return those end offsets per partition."""
+    consumer = make_consumer(kafka, group_id=None)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(await partitions_of(consumer, topic))]
+        ends = await consumer.end_offsets(parts)
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        remaining = {tp for tp in parts if ends[tp] > 0}
+        while remaining:
+            for tp, records in (await consumer.getmany(*remaining, timeout_ms=1000)).items():
+                for r in records:
+                    if r.offset < ends[tp]:
+                        apply(r)
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+        return {tp.partition: ends[tp] for tp in parts}
+    finally:
+        await consumer.stop()
+
+
 async def partitions_of(consumer: AIOKafkaConsumer, topic: str, attempts: int = 100) -> set[int]:
     """The topic's partitions, fetching metadata for a topic the consumer does not subscribe to."""
     for _ in range(attempts):

@@ -27,7 +27,7 @@ from aiokafka import TopicPartition
 
 from shared.errors import ArtifactRejected
 from shared.events import ModelVersion
-from shared.kafka import make_consumer, partitions_of
+from shared.kafka import make_consumer, partitions_of, read_to_end
 from shared.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -326,24 +326,8 @@ async def read_registry(kafka: KafkaSettings, topic: str) -> tuple[Registry, dic
     """The registry as the `models` topic has it now (every record up to the end offsets at the
     call), and those end offsets per partition (where `follow_registry` goes on)."""
     registry = Registry()
-    consumer = make_consumer(kafka, group_id=None)
-    await consumer.start()
-    try:
-        parts = [TopicPartition(topic, p) for p in sorted(await partitions_of(consumer, topic))]
-        ends = await consumer.end_offsets(parts)
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        remaining = {tp for tp in parts if ends[tp] > 0}
-        while remaining:
-            for tp, records in (await consumer.getmany(*remaining, timeout_ms=1000)).items():
-                for r in records:
-                    if r.offset < ends[tp]:
-                        apply_record(registry, r.key, r.value)
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-        return registry, {tp.partition: ends[tp] for tp in parts}
-    finally:
-        await consumer.stop()
+    ends = await read_to_end(kafka, topic, lambda r: apply_record(registry, r.key, r.value))
+    return registry, ends
 
 
 async def follow_registry(kafka: KafkaSettings, topic: str, registry: Registry, offsets: dict[int, int],

@@ -1,11 +1,12 @@
-"""python -m services.monitor: read the registry, then run the monitor (one per pipeline)."""
+"""python -m services.monitor: read the registry and the alerts, then run the monitor (one per pipeline)."""
 from __future__ import annotations
 
 import asyncio
 
 from services.monitor.app import create_app
 from services.monitor.config import MonitorSettings
-from shared.kafka import ensure_topics
+from shared.events import Alert
+from shared.kafka import ensure_topics, read_to_end
 from shared.registry import read_registry
 from shared.stream.worker import run
 from shared.topics import Topics
@@ -16,10 +17,19 @@ def main() -> None:
     topics = Topics(settings.topic_prefix)
 
     async def load():
-        await ensure_topics(settings.kafka, topics, [topics["models"]])
-        return await read_registry(settings.kafka, topics["models"])
-    registry, offsets = asyncio.run(load())
-    app = create_app(settings, registry, offsets)
+        await ensure_topics(settings.kafka, topics, [topics["models"], topics["alerts"]])
+        registry, offsets = await read_registry(settings.kafka, topics["models"])
+        latest: dict[bytes, Alert | None] = {}  # the compacted topic's latest record per fingerprint
+
+        def keep(record) -> None:
+            try:
+                latest[record.key] = Alert.model_validate_json(record.value) if record.value else None
+            except ValueError:  # not an alert of ours: the stream's readers skip it too
+                latest.pop(record.key, None)
+        await read_to_end(settings.kafka, topics["alerts"], keep)
+        return registry, offsets, [a for a in latest.values() if a is not None]
+    registry, offsets, alerts = asyncio.run(load())
+    app = create_app(settings, registry, offsets, alerts)
     run(app, outputs=app.output_topics)
 
 

@@ -20,6 +20,11 @@ class MonitorSettings(StreamSettings):
     join_ttl_s: float | None = Field(
         None, gt=0, description="How long a prediction waits for its label and feature snapshot (and they for it) "
                                 "before it is dropped from the join; default: twice the spec's label max_delay")
+    snapshot_ttl_s: float = Field(
+        3600.0, gt=0, description="How long a feature snapshot waits for the prediction of its event (skew check)")
+    skew_max_share: float = Field(
+        0.0, ge=0, le=1, description="Share of compared predictions whose features may differ from the feature "
+                                     "service's snapshot before a skew alert fires (0: any difference)")
     # webhook delivery (services.monitor.webhooks)
     webhook_allow: list[str] = Field(
         default_factory=list, description="Hosts or CIDR ranges that webhook URLs may resolve to even though they "
