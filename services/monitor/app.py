@@ -51,5 +51,5 @@ def create_app(settings: MonitorSettings | None = None, registry: Registry | Non
                                "webhook subscriptions.")
     http.include_router(build_router(app, monitor, metrics))
     app.serve(http)
-    app.monitor = monitor  # for tests
+    app.analysis = monitor  # for tests (app.monitor is faust's own sensor)
     return app

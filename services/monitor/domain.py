@@ -6,7 +6,6 @@ Nothing here touches Kafka or the clock (times are passed in)."""
 from __future__ import annotations
 
 import hashlib
-import math
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -354,8 +353,9 @@ class BiasWindow:
                 else:  # an error: the best is the lowest; above `high` times it, or more than the gap above
                     best = min(present.values())
                     for value, r in present.items():
-                        ratio = r / best if best > 0 else (1.0 if r == 0 else math.inf)
-                        findings.append(BiasFinding(name, value, f"{rate}_ratio", ratio, high, True, segments[value]))
+                        if best > 0:  # against a segment without any error a ratio says nothing: the gap does
+                            findings.append(BiasFinding(name, value, f"{rate}_ratio", r / best, high, True,
+                                                        segments[value]))
                         if task != "regression":
                             findings.append(BiasFinding(name, value, f"{rate}_gap", r - best, m.max_segment_gap,
                                                         True, segments[value]))
@@ -407,8 +407,8 @@ def fingerprint(*parts: Any) -> str:
 class Watch:
     """What one statistic is compared with: fires past `threshold` (above it, or below it for a
     lower-is-worse value), resolves only back past
-    threshold × hysteresis (threshold / hysteresis for a lower-is-worse value such as a p-value or
-    a metric minimum), so a value hovering at the threshold does not flap."""
+    threshold × hysteresis (for a p-value: threshold / hysteresis; for a metric minimum m: m + (1 - m)
+    × (1 - hysteresis)), so a value hovering at the threshold does not flap."""
 
     kind: str
     subject: str
@@ -443,8 +443,9 @@ class AlertBook:
             return value <= w.threshold * self.hysteresis
         if w.statistic.endswith("pvalue"):
             return value >= w.threshold / self.hysteresis
-        # a metric that must stay at or above a minimum: back above by the same relative margin
-        return value >= w.threshold + abs(w.threshold) * (1 - self.hysteresis)
+        # a metric that must stay at or above a minimum (they all top out at 1: roc_auc, accuracy, r2, ...):
+        # back above it by the same share of the way to perfect
+        return value >= w.threshold + (1 - w.threshold) * (1 - self.hysteresis)
 
     def severity(self, w: Watch, value: float) -> str:
         if w.higher_is_worse:
@@ -452,7 +453,7 @@ class AlertBook:
         elif w.statistic.endswith("pvalue"):
             critical = value < w.threshold / 100
         else:
-            critical = value < w.threshold - abs(w.threshold) * 0.25
+            critical = value < w.threshold - (1 - w.threshold)
         return "critical" if critical else "warning"
 
     def observe(self, w: Watch, value: float, *, window: int, now: datetime,

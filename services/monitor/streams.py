@@ -2,6 +2,7 @@
 alerts out. One handler over the three topics, so the join table sees them in one order."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from shared.kafka import OutRecord, dead_letter
 from shared.stream import Batch, BatchTable
 from shared.topics import Topics
 
+log = logging.getLogger(__name__)
 SERVICE = "monitor"
 # the fields each input must carry (the rest is optional for the monitor)
 REQUIRED = {
@@ -63,6 +65,9 @@ class MonitorStream:
                     alerts += handle(view, record)
                 except (ValidationFailed, KeyError, TypeError, ValueError) as exc:
                     code = exc.reason_code if isinstance(exc, ValidationFailed) else "invalid"
+                    if code == "invalid":  # a field of the wrong type, or a bug: either way it must show
+                        log.warning("record not usable", exc_info=True,
+                                    extra={"topic": tp.topic, "partition": tp.partition, "offset": msg.offset})
                     self.metrics.records.labels(kind, code).inc()
                     out.append(dead_letter(self.topics["events.dlq"], msg, exc, SERVICE, code))
                     continue
