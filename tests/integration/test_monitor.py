@@ -15,7 +15,8 @@ from shared.events import Alert, Prediction
 from shared.modeling import Predictions, Vectorizer, reference_statistics
 from shared.serialization import dumps
 from shared.spec import parse_spec
-from tests.data import FRAUD_TEXT, model_version
+from tests.data import FRAUD_TEXT, fraud_training_examples, model_version
+from tests.integration.test_trainer import keyed_examples, trainer, trainer_spec, until_registry  # noqa: F401
 from tests.support import ServiceProcess, free_port, metric_value, produce, read_topic, wait_until
 
 pytestmark = pytest.mark.asyncio
@@ -92,9 +93,9 @@ def records_for(t: Traffic, n: int, start: int, **kw):
 def monitor(service_env, tmp_path):
     started: list[ServiceProcess] = []
 
-    def make(name: str = "m1", **extra: str) -> ServiceProcess:
-        spec_path = tmp_path / "spec.yaml"
-        spec_path.write_text(SPEC_TEXT)
+    def make(name: str = "m1", spec_text: str = SPEC_TEXT, **extra: str) -> ServiceProcess:
+        spec_path = tmp_path / f"{name}.yaml"
+        spec_path.write_text(spec_text)
         port = free_port()
         proc = ServiceProcess("services.monitor", {
             **service_env, "LOOPLINE_SPEC_PATH": str(spec_path), "MONITOR_PORT": str(port),
@@ -248,3 +249,38 @@ async def test_bad_records_are_dead_lettered_and_a_restart_keeps_the_alert_state
     wait_consumed(m2, "predictions", WINDOW, "the next window")
     again = [a for a in await alerts_of(kafka, topics) if a.subject == "amount"]
     assert [a.status for a in again] == ["firing"]
+
+
+async def test_the_loop_closes_a_drift_alert_from_the_monitor_makes_the_trainer_retrain(
+        kafka, topics, monitor, trainer, tmp_path):
+    """The monitor and the trainer as real processes: the trainer's champion carries the reference
+    statistics of its training data; live predictions with drifted amounts make the monitor fire a
+    data-drift alert on `alerts`, and the trainer retrains every batch candidate on it."""
+    spec_text = trainer_spec().replace("window_size: 2000}", f"window_size: {WINDOW}}}")
+    await produce(kafka, topics["training-examples"], keyed_examples(fraud_training_examples(2500, seed=21)))
+    t = trainer(spec_text).start()
+    before = await until_registry(kafka, topics, lambda r: r.champion() is not None and r.latest("weak"),
+                                  what="a champion and the first batch fit")
+    champion = before.champion()
+    assert champion.reference["features"]["amount"]["kind"] == "numeric"
+    m = monitor(spec_text=spec_text).start()
+    spec, vec = parse_spec(spec_text), Vectorizer(parse_spec(spec_text))
+    live = []
+    for k, e in enumerate(fraud_training_examples(3 * WINDOW, seed=22)):
+        data = {**e["data"], "amount": e["data"]["amount"] * 5}  # the same users spending five times as much
+        row = vec.matrix([(e["features"], data)])[0]
+        p = Prediction(prediction_id=str(uuid.uuid4()), event_id=f"live-{k}", occurred_at=T0, predicted_at=T0,
+                       entity=e["entity"], model_name=champion.name, model_version=champion.version,
+                       variant="champion", score=0.1, predicted=False, feature_hash=spec.feature_hash(),
+                       features={c: (None if v != v else float(v)) for c, v in zip(vec.columns, row)},
+                       latency_ms=1.0)
+        live.append((e["entity"].encode(), p.model_dump_json().encode()))
+    await produce(kafka, topics["predictions"], live)
+    wait_consumed(m, "predictions", len(live), "the live predictions")
+    fired = [a for a in await alerts_of(kafka, topics) if a.kind == "data_drift" and a.status == "firing"]
+    assert "amount" in {a.subject for a in fired}
+    after = await until_registry(kafka, topics, lambda r: len(r.versions("weak")) > len(before.versions("weak")),
+                                 what="a batch retrain after the monitor's alert")
+    assert len(after.versions("gbm")) > len(before.versions("gbm"))
+    assert metric_value(httpx.get(f"{t.url}/metrics").text, "loopline_trainer_retrains_total",
+                        trigger="drift", outcome="published") == 1
