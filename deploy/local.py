@@ -1,4 +1,6 @@
-"""Run Loopline locally: Kafka, every service as a process, and the fraud example's traffic.
+"""Run Loopline locally: Kafka, every service as a process, and the fraud example's traffic:
+events and labels through ingest, features, training, then live predictions through serving
+(forwarded to `events`), watched by the monitor.
 
     python -m deploy.local [--events N] [--keep]      (what `make demo` runs)
 
@@ -14,6 +16,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import httpx
 
@@ -30,6 +33,7 @@ class Service:
     module: str
     port: int
     env: dict[str, str]
+    wait_ready: bool = True
 
 
 SERVICES = [
@@ -40,6 +44,11 @@ SERVICES = [
     Service("trainer", "services.trainer", 8003, {
         "TRAINER_PORT": "8003", "TRAINER_DATA_DIR": str(RUN / "trainer"),
         "TRAINER_ARTIFACT_URL": str(RUN / "artifacts")}),
+    # ready once a champion is loaded: the demo waits for it after training
+    Service("serving", "services.serving", 8004, {
+        "SERVING_PORT": "8004", "SERVING_DATA_DIR": str(RUN / "serving"), "SERVING_ARTIFACT_URL": str(RUN / "artifacts")},
+        wait_ready=False),
+    Service("monitor", "services.monitor", 8005, {"MONITOR_PORT": "8005", "MONITOR_DATA_DIR": str(RUN / "monitor")}),
 ]
 
 
@@ -64,6 +73,39 @@ def show_champion(timeout: float = 300) -> None:
             return
         time.sleep(2)
     say("not every model has a version yet; see .run/logs/trainer.log")
+
+
+def serve_live(serving: ServiceProcess, n: int) -> None:
+    """Score `n` new transactions through serving (forwarded to `events`, as a client that makes
+    one call), then show latency, a sample answer and what the monitor sees."""
+    import statistics
+
+    sys.path.insert(0, str(ROOT / "examples" / "fraud"))
+    from generate import GeneratorConfig, generate
+
+    say("waiting for serving to load the champion and catch up with the feature state")
+    serving.wait_ready()
+    took, last = [], None
+    with httpx.Client(base_url=serving.url, timeout=10) as client:
+        start = datetime.fromtimestamp(time.time() - 2 * n - 60, UTC).isoformat()  # n events at 1/s: all past
+        stream = generate(GeneratorConfig(seed=7, events=n, start=start, rate_per_s=1.0))
+        for event, _label in stream:
+            started = time.perf_counter()
+            r = client.post("/v1/predict", params={"forward": "true"}, json=event)
+            took.append((time.perf_counter() - started) * 1000)
+            if r.status_code != 200:
+                say(f"serving answered {r.status_code}: {r.text[:300]}")
+                return
+            last = r.json()
+    took.sort()
+    say(f"{len(took)} live predictions: p50 {statistics.median(took):.2f} ms, "
+        f"p99 {took[int(len(took) * 0.99) - 1]:.2f} ms (one client, keep-alive)")
+    if last:
+        say(f"last answer: score {last['score']:.4f}, decision {last['decision']}, model {last['model']['name']} "
+            f"v{last['model']['version']}, state as of {last['staleness']['state_event_time']}")
+    alerts = httpx.get("http://127.0.0.1:8005/v1/alerts", timeout=5).json()["firing"]
+    say(f"monitor: {len(alerts)} alert(s) firing" + "".join(f"; {a['kind']} {a['subject']} {a['statistic']}="
+                                                           f"{a['value']:.3f}" for a in alerts[:5]))
 
 
 def wait_caught_up(bootstrap: str, prefix: str, timeout: float = 300) -> None:
@@ -103,6 +145,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=20_000, help="transactions to send")
     parser.add_argument("--drift-at", type=int, default=None, help="event index where a new fraud pattern starts")
+    parser.add_argument("--live", type=int, default=500, help="live transactions scored through serving")
     parser.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
     parser.add_argument("--prefix", default=f"demo{int(time.time())}.", help="topic prefix of this run")
     args = parser.parse_args()
@@ -121,7 +164,8 @@ def main() -> int:
                                   log_path=RUN / "logs" / f"{svc.name}.log")
             procs.append(proc)
             try:
-                proc.start()
+                proc.start(wait_ready=svc.wait_ready)
+                proc.wait_up()
             except (RuntimeError, TimeoutError) as exc:
                 raise SystemExit(f"{svc.name} did not become ready: {exc}") from None
         say(f"all services ready; topics prefixed '{args.prefix}'; logs in .run/logs/")
@@ -141,6 +185,7 @@ def main() -> int:
         say("records per topic: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
         say(f"offline store (Parquet): {RUN / 'offline'}")
         show_champion()
+        serve_live(procs[SERVICES.index(next(s for s in SERVICES if s.name == "serving"))], args.live)
         if args.keep:
             say("running; Ctrl-C stops everything")
             try:
