@@ -378,6 +378,24 @@ async def test_a_subscription_s_backlog_is_bounded_and_the_overflow_dead_lettere
     await d.close()
 
 
+async def test_an_idle_lane_ends_and_a_new_one_starts_with_the_next_alert():
+    calls = []
+    d = dispatcher_with(lambda r: calls.append(1) or httpx.Response(200), store_with(subscription()), FakeKafka(),
+                        lane_idle_s=0.01)
+    first, second = asyncio.Event(), asyncio.Event()
+    d.submit(record_of(alert()), first.set)
+    await asyncio.wait_for(first.wait(), 5)
+    for _ in range(100):
+        if not d._lanes:
+            break
+        await asyncio.sleep(0.01)
+    assert not d._lanes
+    d.submit(record_of(alert("resolved"), 1), second.set)
+    await asyncio.wait_for(second.wait(), 5)
+    assert len(calls) == 2
+    await d.close()
+
+
 async def test_filters_choose_the_subscriptions():
     store = store_with(subscription(id="sub-drift", kinds=["data_drift"]),
                        subscription(id="sub-critical", severities=["critical"]),
