@@ -33,3 +33,10 @@ class MonitorSettings(StreamSettings):
     webhook_max_attempts: int = Field(8, ge=1, description="Attempts per delivery before it goes to the dead letters")
     webhook_backoff_s: float = Field(0.5, gt=0, description="First retry delay (doubles per attempt, full jitter)")
     webhook_backoff_max_s: float = Field(300.0, gt=0, description="Longest retry delay (also caps Retry-After)")
+    webhook_queue_max: int = Field(
+        1000, ge=1, description="Deliveries waiting per subscription; more go to the dead letters (reason backlog), "
+                                "so a slow receiver's backlog stays bounded")
+    webhook_max_pending_alerts: int = Field(
+        10000, ge=1, description="Alerts read but not yet done (delivered, dead-lettered or disabled) before reading "
+                                 "pauses; their offsets are committed only once done")
+    webhook_max_subscriptions: int = Field(1000, ge=1, description="Subscriptions kept at most (POST answers 409)")
