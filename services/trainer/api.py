@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from services.trainer.metrics import TrainerMetrics
@@ -17,6 +18,18 @@ class StageChange(BaseModel):
     stage: Literal["challenger", "shadow", "archived"] = Field(
         description="challenger: serves the spec's canary share of entities; shadow: scores every request, "
                     "logged only; archived: neither")
+
+
+class Refused(BaseModel):
+    detail: str
+    field: str = Field(description="The spec field that decides it")
+    reason: str
+    code: str = Field(description="no_batch_candidate | too_few_examples")
+
+
+def refused(field: str, code: str, reason: str) -> JSONResponse:
+    return JSONResponse({"detail": f"retrain refused: {reason}", "field": field, "reason": reason, "code": code},
+                        status_code=409)
 
 
 def build_router(app: StreamApp, trainer: Trainer, metrics: TrainerMetrics, keys: ApiKeys) -> APIRouter:
@@ -41,10 +54,18 @@ def build_router(app: StreamApp, trainer: Trainer, metrics: TrainerMetrics, keys
     async def model(name: str, version: int) -> dict[str, Any]:
         return version_or_404(name, version)
 
-    @router.post("/v1/retrain", status_code=202, dependencies=admin, summary="Retrain the batch candidates now (admin)")
-    async def retrain() -> dict[str, Any]:
+    @router.post("/v1/retrain", status_code=202, dependencies=admin, summary="Retrain the batch candidates now (admin)",
+                 responses={409: {"model": Refused, "description": "Nothing to retrain: the spec has no "
+                                  "scikit-learn candidate, or the window holds fewer than training.min_examples"}})
+    async def retrain() -> Any:
+        held, needed = len(trainer.window), trainer.spec.training.min_examples
+        if not trainer.batch:
+            return refused("models", "no_batch_candidate", "the spec has no scikit-learn candidate to retrain")
+        if held < needed:
+            return refused("training.min_examples", "too_few_examples",
+                           f"the training window holds {held} examples; the spec's training.min_examples is {needed}")
         trainer.request("request")
-        return {"triggered": True, "window_examples": len(trainer.window)}
+        return {"triggered": True, "window_examples": held}
 
     @router.post("/v1/models/{name}/{version}/promote", dependencies=admin,
                  summary="Make this version the champion (admin)")
