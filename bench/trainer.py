@@ -70,13 +70,12 @@ How each figure is measured:
      training section unchanged) started on a fresh prefix whose training-examples already holds <N> examples,
      with TRAINER_PUBLISH_EVERY_EXAMPLES=<K> (a checkpoint, artifact + ModelVersion record, every <K> examples;
      a batch's offsets are committed once the checkpoint covering it is acknowledged) and
-     TRAINER_MAX_IN_FLIGHT_RECORDS=<IN_FLIGHT> (with the default 4,000 the stream stops at 4,000 unacknowledged
-     examples until the checkpoint falls due by time, 60 s). examples/s from the first to the N-th learned
-     example, read by polling its /metrics (loopline_trainer_examples_total{outcome="learned"}) every 50 ms:
+     TRAINER_MAX_IN_FLIGHT_RECORDS=<IN_FLIGHT> (the trainer checkpoints early once the examples waiting for a
+     checkpoint reach half that bound, lest the stream stop at it; this one lets the checkpoint come every <K>).
+     examples/s from the first to the N-th learned example, read by polling its /metrics (loopline_trainer_examples_total{outcome="learned"}) every 50 ms:
      (N - the count at the first poll that saw one) / (time of the poll that saw N - time of that poll).
      Per example it decodes (orjson, field checks, occurred_at parsed), learns (the same prequential step as
-     (b)), adds the row to its batch window (every trainer keeps one) and counts; at startup it also fills
-     the window from the topic's latest records while the stream starts (a restart on a backlog does too).
+     (b)) and counts (once per batch); with no scikit-learn candidate in its spec it keeps no batch window.
  online (a') the same with the trainer's defaults (checkpoint every 1,000 examples, 4,000 in flight).
  online (b) bare loop: one process (multiprocessing spawn, uvloop like the trainer) runs
      shared.kafka.run_consumer (make_consumer: own group, 1000 records per poll, read_committed; commit after
@@ -91,23 +90,24 @@ How each figure is measured:
  µs CPU/ex: user+system CPU of that process over the timed interval / examples in it.
  batch: `python -m services.trainer` with a spec holding only that scikit-learn candidate (training:
      min_examples <M>, no label/schedule/drift triggers) on a fresh prefix holding <M> examples. Its first fit
-     runs by itself once the window holds <M> (the 'initial' retrain: it also spawns the trainer's retrain
-     process; shown, not counted), then one requested retrain, not counted either (its first champion load
-     imports skops); then, per round, POST /v1/retrain; the figure is that retrain's
+     runs by itself once the window holds <M> (the 'initial' retrain, while the stream may still read; shown,
+     not counted), then one requested retrain, not counted either (its first champion load imports skops);
+     then, per round, POST /v1/retrain; the figure is that retrain's
      loopline_trainer_retrain_duration_seconds (the histogram's sum grows by it): window snapshot, the
-     process-pool fit on the oldest 80 %, evaluation on the latest 20 % (holdout metrics and reference
-     statistics), the champion loaded and evaluated on the same holdout, the gate, the artifact written
-     (skops) and the ModelVersion records acknowledged. The trainer sits idle meanwhile. CPU-s: the trainer
-     and its child processes from the POST until the retrain was seen.
+     fit on the oldest 80 % in a retrain thread, evaluation on the latest 20 % (holdout metrics and reference
+     statistics), the champion loaded and evaluated on the same holdout (the training data's reference
+     statistics and the champion's evaluation run on a second thread during the fit), the gate, the artifact
+     written (skops) and the ModelVersion records acknowledged. The trainer sits idle meanwhile. CPU-s: the
+     trainer process (and any children) from the POST until the retrain was seen.
  batch bare fit: build_model(candidate).fit on the same 80 % (the <M> examples in event-time order as the
      window sorts them, X from Vectorizer.matrix, labels as int64), in this process, wall time (scikit-learn's
      OpenMP and BLAS threads limited to <T> for both: threadpoolctl here, OMP_NUM_THREADS & co. in the
-     trainer's environment, which its retrain process inherits). Each round: bare fit, train_batch
+     trainer's environment). Each round: bare fit, train_batch
      in-process, retrain.
  batch train_batch in-process, info: services.trainer.domain.train_batch, the function the trainer's retrain
-     process runs (fit, holdout predictions and metrics, reference statistics, skops dump, the champion's
+     thread runs (fit, holdout predictions and metrics, reference statistics, skops dump, the champion's
      holdout metrics; that round's bare-fit model stands in for the champion), on the same window here:
-     the share of the retrain that is the trainer's evaluation and dump rather than its process and I/O.
+     the share of the retrain that is the trainer's evaluation and dump rather than its thread and I/O.
  other load: CPU used by everything else on the machine meanwhile, in cores: above ~0.2 the figures are
      disturbed."""
 
@@ -151,7 +151,7 @@ async def fresh_examples_topic(kafka: KafkaSettings, name: str, items: list[tupl
 
 
 def child_cpu_s(pid: int) -> float:
-    """CPU seconds of a process's children so far (the trainer's retrain process; 0 if none)."""
+    """CPU seconds of a process's children so far (0 if none: the trainer retrains in a thread)."""
     total = 0.0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -288,12 +288,11 @@ def sample(metrics: dict, name: str, **labels: str) -> float:
 
 def in_flight_for(publish_every: int) -> int:
     """TRAINER_MAX_IN_FLIGHT_RECORDS that lets a checkpoint every `publish_every` examples come: the
-    runtime delivers no batch past max_in_flight_records unacked records, and the trainer acks a batch
-    only once the checkpoint covering it is published, so with fewer the stream stops until the
-    checkpoint falls due by time (publish_every_s) instead."""
+    trainer holds a batch's offsets until a checkpoint covers it and forces one once the held records
+    reach half the in-flight bound, so the bound must be at least twice publish_every (and a batch)."""
     default = TrainerSettings.model_fields["max_in_flight_records"].default
     poll = TrainerSettings.model_fields["max_poll_records"].default
-    return max(default, publish_every + 2 * poll)
+    return max(default, 2 * (publish_every + poll))
 
 
 async def trainer_drain(kafka: KafkaSettings, tmp: Path, spec_path: Path, topics: Topics, n: int, r: int,
@@ -319,7 +318,7 @@ async def trainer_drain(kafka: KafkaSettings, tmp: Path, spec_path: Path, topics
             await asyncio.sleep(POLL_S)
         assert first is not None and meter is not None
         cpu = meter.stop()
-        outcomes = {dict(ls).get("outcome"): v for (metric, ls), v in m.items() if metric == LEARNED}
+        outcomes = {dict(ls).get("outcome"): v for (metric, ls), v in m.items() if metric == LEARNED and v}
     except BaseException:
         log(f"trainer log ({trainer.svc.log_path}):\n{trainer.svc.tail(30)}")
         raise
@@ -397,7 +396,7 @@ def fit_threads(n: int) -> contextlib.AbstractContextManager:
 
 
 def thread_env(n: int) -> dict[str, str]:
-    """The same limit for a process we start (its spawned retrain process inherits the environment)."""
+    """The same limit for a process we start (read by the libraries in the trainer's retrain threads)."""
     return {name: str(n) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")} if n else {}
 
 
@@ -416,11 +415,11 @@ def bare_fit(spec: PipelineSpec, w: Window, threads: int, trainer_pid: int) -> t
 
 
 def train_batch_in_process(spec: PipelineSpec, w: Window, champion: Any, threads: int) -> dict:
-    """Info: what the trainer's retrain process runs (domain.train_batch: fit, evaluation, reference
+    """Info: what the trainer's retrain thread runs (domain.train_batch: fit, evaluation, reference
     statistics, artifact dump, the champion evaluated on the holdout), here in this process."""
     t0, c0 = time.perf_counter(), time.process_time()
     with fit_threads(threads):
-        train_batch(spec, Vectorizer(spec), w.X, w.y, w.t, ("sklearn", champion))
+        train_batch(spec, Vectorizer(spec), w.X, w.y, w.t, lambda: ("sklearn", champion))
     secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     log(f"    train_batch in-process: {secs:.2f} s ({cpu:.2f} CPU-s)")
     return {"seconds": secs, "cpu": cpu}
@@ -446,7 +445,7 @@ async def batch_model(args, kafka: KafkaSettings, tmp: Path, name: str, examples
                                and sample(m, "loopline_trainer_retrains_total", trigger="initial") >= 1,
                                180 + m_examples / 200, "the window full and the initial fit done")
         result["cold_s"] = sample(m, "loopline_trainer_retrain_duration_seconds_sum")
-        log(f"    initial retrain (spawns the retrain process; while the stream may still read): "
+        log(f"    initial retrain (while the stream may still read): "
             f"{result['cold_s']:.2f} s")
         # Not counted: the first call of each pays one-off imports (skops, scikit-learn's metrics) and,
         # in the trainer, the first champion load.
@@ -496,7 +495,7 @@ async def requested_retrain(trainer: TrainerRun, name: str) -> dict:
     wall = time.monotonic() - t0
     cpu = meter.stop()
     cpu["children"] = child_cpu_s(trainer.pid) - cpu0
-    if cpu.get("other") is not None:  # the meter counted the retrain process as another's
+    if cpu.get("other") is not None:  # the meter counted a child process as another's
         cpu["other"] = max(0.0, cpu["other"] - cpu["children"])
     secs = sample(after, "loopline_trainer_retrain_duration_seconds_sum") - total
     published = sample(after, "loopline_trainer_retrains_total", trigger="request", outcome="published")
@@ -505,7 +504,7 @@ async def requested_retrain(trainer: TrainerRun, name: str) -> dict:
     listed = (await trainer.client.get("/v1/models")).json()["versions"]
     newest = max((v for v in listed if v["name"] == name), key=lambda v: v["version"])
     detail = (await trainer.client.get(f"/v1/models/{name}/{newest['version']}")).json()
-    log(f"    retrain: {secs:.2f} s (POST -> seen {wall:.2f} s; trainer {cpu['process']:.2f} + retrain process "
+    log(f"    retrain: {secs:.2f} s (POST -> seen {wall:.2f} s; trainer {cpu['process']:.2f} + children "
         f"{cpu['children']:.2f} CPU-s); v{newest['version']} {newest['stage']}: {newest['reason']}; "
         f"other load {(cpu.get('other') or 0) / wall:.2f} cores")
     return {"seconds": secs, "wall_s": wall, "cpu_s": cpu, "published": published, "version": newest["version"],

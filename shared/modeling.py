@@ -21,9 +21,9 @@ from shared.serialization import parse_time, to_utc
 from shared.spec import ALGORITHMS, METRICS, ModelCandidate, PipelineSpec, number_text
 
 __all__ = ["Predictions", "PrequentialMetrics", "SEED", "Vectorizer", "beats", "bin_counts", "build_model",
-           "constructor_params", "DropEmptyColumns", "encode_label", "higher_is_better", "holdout_metrics",
-           "meets_minimum", "model_classes", "predict", "predict_one_river", "quantile_edges",
-           "reference_statistics"]
+           "constructor_params", "data_statistics", "DropEmptyColumns", "encode_label", "higher_is_better",
+           "holdout_metrics", "meets_minimum", "model_classes", "predict", "predict_one_river", "quantile_edges",
+           "reference_statistics", "score_statistics"]
 
 SEED = 42  # random_state / seed of every estimator whose params do not set one: reruns give the same model
 _NAN = float("nan")
@@ -574,6 +574,12 @@ def reference_statistics(vectorizer: Vectorizer, X: np.ndarray, y: Sequence[Any]
     values with the same `bin_counts` against these edges. Shares are over all rows, so a
     category's frequencies plus its missing share sum to 1 ("missing" = no value or one the spec
     does not list: the one-hot columns are all 0)."""
+    return {**data_statistics(vectorizer, X, y), **score_statistics(predictions)}
+
+
+def data_statistics(vectorizer: Vectorizer, X: np.ndarray, y: Sequence[Any]) -> dict[str, Any]:
+    """The part of `reference_statistics` that depends on the training data only ("rows", "features",
+    "label"): the same for every candidate fitted on it, so a retrain computes it once."""
     X = np.asarray(X, dtype=np.float64).reshape(-1, len(vectorizer.columns))
     n = X.shape[0]
     features: dict[str, Any] = {}
@@ -610,12 +616,11 @@ def reference_statistics(vectorizer: Vectorizer, X: np.ndarray, y: Sequence[Any]
     else:
         stats = _numeric_stats(np.asarray(labels, dtype=np.float64))
         label = {k: v for k, v in stats.items() if k != "missing"}
+    return {"rows": n, "features": features, "label": label}
+
+
+def score_statistics(predictions: Predictions) -> dict[str, Any]:
+    """The part of `reference_statistics` that depends on the model: "holdout_rows" and "scores"."""
     scores = np.asarray(predictions.scores, dtype=np.float64)
     score_edges = quantile_edges(scores)
-    return {
-        "rows": n,
-        "holdout_rows": len(scores),
-        "features": features,
-        "label": label,
-        "scores": {"edges": score_edges, "counts": bin_counts(score_edges, scores)},
-    }
+    return {"holdout_rows": len(scores), "scores": {"edges": score_edges, "counts": bin_counts(score_edges, scores)}}

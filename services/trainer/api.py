@@ -5,6 +5,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from services.trainer.metrics import TrainerMetrics
@@ -41,6 +42,18 @@ STAGE_BODY = {"requestBody": {"required": True, "content": {"application/json": 
     "schema": StageChange.model_json_schema()}}}}
 
 
+class Refused(BaseModel):
+    detail: str
+    field: str = Field(description="The spec field that decides it")
+    reason: str
+    code: str = Field(description="no_batch_candidate | too_few_examples")
+
+
+def refused(field: str, code: str, reason: str) -> JSONResponse:
+    return JSONResponse({"detail": f"retrain refused: {reason}", "field": field, "reason": reason, "code": code},
+                        status_code=409)
+
+
 def build_router(app: StreamApp, trainer: Trainer, metrics: TrainerMetrics, keys: ApiKeys) -> APIRouter:
     router = APIRouter()
     admin = [Depends(keys.require("admin"))]
@@ -66,11 +79,18 @@ def build_router(app: StreamApp, trainer: Trainer, metrics: TrainerMetrics, keys
     async def model(name: str, version: int) -> dict[str, Any]:
         return version_or_404(name, version)
 
-    @router.post("/v1/retrain", status_code=202, dependencies=admin, responses=keys.responses,
-                 summary="Retrain the batch candidates now (admin)")
-    async def retrain() -> dict[str, Any]:
+    @router.post("/v1/retrain", status_code=202, dependencies=admin, summary="Retrain the batch candidates now (admin)",
+                 responses={**keys.responses, 409: {"model": Refused, "description": "Nothing to retrain: the spec has "
+                            "no scikit-learn candidate, or the window holds fewer than training.min_examples"}})
+    async def retrain() -> Any:
+        held, needed = len(trainer.window), trainer.spec.training.min_examples
+        if not trainer.batch:
+            return refused("models", "no_batch_candidate", "the spec has no scikit-learn candidate to retrain")
+        if held < needed:
+            return refused("training.min_examples", "too_few_examples",
+                           f"the training window holds {held} examples; the spec's training.min_examples is {needed}")
         trainer.request("request")
-        return {"triggered": True, "window_examples": len(trainer.window)}
+        return {"triggered": True, "window_examples": held}
 
     @router.post("/v1/models/{name}/{version}/promote", dependencies=admin,
                  responses={**missing, **keys.responses},

@@ -58,10 +58,7 @@ def create_app(settings: TrainerSettings | None = None, registry: Registry | Non
 
     @app.task
     async def retrain() -> None:
-        try:
-            await trainer.retrain_loop(app.emit)
-        finally:
-            trainer.close()
+        await trainer.retrain_loop(app.emit)
 
     @app.task
     async def follow() -> None:
@@ -82,6 +79,8 @@ def create_app(settings: TrainerSettings | None = None, registry: Registry | Non
 async def prefill(trainer: Trainer, settings: TrainerSettings, topics: Topics) -> None:
     """Fill the training window with the most recent examples already on the topic (the stream
     adds new ones; the window keeps each event id once)."""
+    if not trainer.batch:
+        return  # no batch candidate: no window to fill
     topic = topics["training-examples"]
     consumer = make_consumer(settings.kafka, group_id=None)
     await consumer.start()

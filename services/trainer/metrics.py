@@ -10,6 +10,8 @@ class TrainerMetrics:
         r = self.registry = CollectorRegistry()
         self.examples = Counter("loopline_trainer_examples_total", "Training examples consumed, by outcome",
                                 ["outcome"], registry=r)  # learned | skipped (before a checkpoint) | invalid | ...
+        # the per-example outcomes' children, looked up once (labels() costs more than the increment)
+        self.learned, self.skipped = self.examples.labels("learned"), self.examples.labels("skipped")
         self.published = Counter("loopline_trainer_versions_total", "Model versions published, by library and stage",
                                  ["library", "stage"], registry=r)
         self.retrains = Counter("loopline_trainer_retrains_total", "Batch retrains, by trigger and outcome",

@@ -5,10 +5,10 @@ stream runtime's producer."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
-import multiprocessing
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -68,12 +68,20 @@ class Trainer:
         self.publisher = Publisher(spec, self.store, self.key, settings.crash_after_artifact)
         self.online = OnlineTrainer(spec, self.vectorizer)
         self.online.restore(registry, self.store, self.key)
-        self.window = ExampleWindow(spec, self.vectorizer)
+        #: whether the spec has batch (scikit-learn) candidates: without, no window is kept or filled
+        self.batch = any(c.library == "sklearn" for c in spec.models)
+        self.window = ExampleWindow(spec, self.vectorizer, spec.training.max_examples if self.batch else 0)
+        self._batch_fitted = False  # a batch version is in the registry (then there is no first fit to do)
+        # A batch's offsets wait for the checkpoint covering it, and the runtime delivers nothing past
+        # max_in_flight_records unacked records: a checkpoint is forced once the held records reach
+        # half that bound (the other half keeps the stream going while the checkpoint is acknowledged),
+        # whatever publish_every_examples says; otherwise the stream would stop until one fell due by time.
+        self.hold_limit = max(1, settings.max_in_flight_records // 2)
+        self._held = 0  # records of the batches waiting for the next checkpoint
         t = spec.training.triggers
         self.triggers = Triggers(t.every_n_labels, t.schedule.total_seconds() if t.schedule else None, t.on_drift)
         self.retrain_wanted = asyncio.Event()
         self._segment: asyncio.Future[Any] | None = None  # resolved when the next checkpoint is acknowledged
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self.retraining = False
         self.last_retrain_error = ""
 
@@ -81,39 +89,48 @@ class Trainer:
 
     def take(self, partition: int, offset: int, example: Example) -> bool:
         """One example: learned by the online models unless a checkpoint already covers it; kept in the
-        window; counted for the label trigger. False if it was skipped."""
+        window (with batch candidates); counted for the label trigger. False if it was skipped. The
+        caller counts the outcomes in the metrics and checks the retrain triggers once per batch
+        (`check_triggers`)."""
         if self.online.learned(partition, offset):
-            self.metrics.examples.labels("skipped").inc()
             return False
         if self.online.active:
             self.online.learn(partition, offset, example)
-        self.window.add(example)
+        if self.batch:
+            self.window.add(example)
         self.triggers.labels_since += 1
-        self.metrics.examples.labels("learned").inc()
-        if self.triggers.due() or self.first_fit_due():
-            self.retrain_wanted.set()
         return True
+
+    def check_triggers(self) -> None:
+        """Wake the retrain task if a trigger is due or the first fit is (after a batch of examples)."""
+        if self.batch and (self.triggers.due() or self.first_fit_due()):
+            self.retrain_wanted.set()
 
     def first_fit_due(self) -> bool:
         """No batch candidate has been fitted yet and the window holds enough examples."""
-        return (not self.retraining and len(self.window) >= self.spec.training.min_examples
-                and any(c.library == "sklearn" for c in self.spec.models)
-                and not any(v.library == "sklearn" for v in self.registry.versions()))
+        if not self.batch or self.retraining or len(self.window) < self.spec.training.min_examples:
+            return False
+        if not self._batch_fitted:  # once a batch version exists, one always will (pruning keeps the newest)
+            self._batch_fitted = any(v.library == "sklearn" for v in self.registry.versions())
+        return not self._batch_fitted
 
-    def segment(self) -> asyncio.Future[Any] | None:
-        """What the current batch must wait for before its offsets may be committed: the checkpoint
-        that will cover it (None without online models: nothing to wait for)."""
+    def segment(self, records: int = 0) -> asyncio.Future[Any] | None:
+        """What the current batch (of `records` records) must wait for before its offsets may be
+        committed: the checkpoint that will cover it (None without online models: nothing to wait for)."""
         if not self.online.active or self.online.pending == 0:
             return None
         if self._segment is None:
             self._segment = asyncio.get_running_loop().create_future()
+        self._held += records
         return self._segment
 
     def checkpoint_records(self) -> tuple[list[OutRecord], asyncio.Future[Any] | None]:
-        """If a checkpoint is due: a version of every online model (artifacts written first) and the
+        """If a checkpoint is due (every N examples or T seconds, or when the batches waiting for it
+        reach `hold_limit` records): a version of every online model (artifacts written first) and the
         future it resolves once acknowledged."""
         s = self.settings
-        if not self.online.active or not self.online.due(s.publish_every_examples, s.publish_every_s):
+        if not self.online.active or not (self._held >= self.hold_limit or self.online.due(
+                s.publish_every_examples, s.publish_every_s)):
             return [], None
         return self._checkpoint()
 
@@ -132,7 +149,7 @@ class Trainer:
             records += self._stage(version, stage, reason)
             for metric, value in values.items():
                 self.metrics.prequential.labels(name, metric).set(value)
-        self.online.pending = 0
+        self.online.pending, self._held = 0, 0
         self.online.last_checkpoint = time.monotonic()
         segment, self._segment = self._segment, None
         return self._records(records), segment
@@ -204,7 +221,7 @@ class Trainer:
 
     async def retrain(self, trigger: str, emit: Any) -> list[ModelVersion]:
         """Fit, evaluate and gate every batch candidate on the current window; publish the results."""
-        if not any(c.library == "sklearn" for c in self.spec.models):
+        if not self.batch:
             self.triggers.done()
             return []
         self.retraining = True
@@ -212,14 +229,8 @@ class Trainer:
         try:
             X, y, t = self.window.snapshot()
             champion = self.registry.champion()
-            loaded = None
-            if champion is not None:
-                data = await asyncio.to_thread(self.store.get, champion.artifact_uri)
-                model = load_model(data, champion.library, sha256=champion.sha256, signature=champion.signature,
-                                   key=self.key)
-                loaded = (champion.library, model.model if isinstance(model, OnlineArtifact) else model)
-            result = await asyncio.get_running_loop().run_in_executor(
-                self._executor(), train_batch, self.spec, self.vectorizer, X, y, t, loaded)
+            load = None if champion is None else (lambda: self._load(champion))
+            result = await in_thread(train_batch, self.spec, self.vectorizer, X, y, t, load)
             versions: list[ModelVersion] = []
             for trained, stage, reason in gate(self.spec, result.trained, result.champion_metrics, champion):
                 if not trained.artifact:
@@ -247,14 +258,12 @@ class Trainer:
             self.metrics.retrain_seconds.observe(time.monotonic() - started)
             self.metrics.window_examples.set(len(self.window))
 
-    def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
-        if self._pool is None:  # spawn: a fresh interpreter, not a fork of the worker's event loop
-            self._pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        return self._pool
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+    def _load(self, version: ModelVersion) -> tuple[str, Any]:
+        """(library, model) of a registry version, its artifact verified first (train_batch calls it
+        on its second thread, during the fits)."""
+        model = load_model(self.store.get(version.artifact_uri), version.library, sha256=version.sha256,
+                           signature=version.signature, key=self.key)
+        return version.library, model.model if isinstance(model, OnlineArtifact) else model
 
     # ------------------------------------------------------------------ operator actions (HTTP)
 
@@ -283,3 +292,31 @@ class Trainer:
         for r in records:
             self.registry.apply(r)
         return self._records(records)
+
+
+def in_thread(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+    """Run fn(*args) on a daemon thread; the future resolves on the calling loop. A daemon thread, not
+    an executor's: a stop does not wait for a fit in progress (the retrain is simply lost)."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(outcome: Any, failed: bool) -> None:
+        if future.done():  # cancelled meanwhile
+            return
+        if failed:
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    def run() -> None:
+        try:
+            outcome, failed = fn(*args), False
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            outcome, failed = exc, True
+        try:
+            loop.call_soon_threadsafe(settle, outcome, failed)
+        except RuntimeError:
+            pass  # the loop is closed: nobody waits any more
+
+    threading.Thread(target=run, name="retrain", daemon=True).start()
+    return future

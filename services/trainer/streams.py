@@ -29,21 +29,31 @@ class ExampleStream:
     def __call__(self, batch: Batch, tables: dict[str, BatchTable]) -> Output:
         out: list[OutRecord] = []
         trainer = self.trainer
+        spec, learned, take = trainer.spec, trainer.online.learned, trainer.take
+        received = taken = skipped = 0
         for tp, messages in batch.items():
+            received += len(messages)
+            partition = tp.partition
             for msg in messages:
-                if trainer.online.learned(tp.partition, msg.offset):
-                    self.metrics.examples.labels("skipped").inc()
+                if learned(partition, msg.offset):
+                    skipped += 1
                     continue
                 try:
-                    example = decode_example(trainer.spec, msg.value)
+                    example = decode_example(spec, msg.value)
                 except Rejected as exc:
                     self.metrics.examples.labels(exc.code).inc()
                     out.append(dead_letter(self.topics["events.dlq"], msg, exc, SERVICE, exc.code))
                     continue
-                trainer.take(tp.partition, msg.offset, example)
-        hold = trainer.segment()
-        records, checkpoint = trainer.checkpoint_records()
-        out += records
+                take(partition, msg.offset, example)
+                taken += 1
+        if taken:  # one increment per batch, not per example
+            self.metrics.learned.inc(taken)
+        if skipped:
+            self.metrics.skipped.inc(skipped)
+        trainer.check_triggers()
+        hold = trainer.segment(received)
+        versions, checkpoint = trainer.checkpoint_records()
+        out += versions
         if checkpoint is None:
             return Output(out, hold=hold)
         return Output(out, on_acked=lambda: checkpoint.done() or checkpoint.set_result(None), hold=hold)

@@ -283,3 +283,53 @@ metrics: {primary: mae, minimum: 6.0, report: [rmse, r2]}
     assert set(champion.metrics) >= {"mae", "rmse", "r2"}
     assert registry.latest("online_lr").metrics["mae"] > 0
     t.stop()
+
+
+ONLINE_ONLY = "models:\n  - {name: online_logreg, library: river, algorithm: logistic_regression}\n"
+
+
+async def test_a_checkpoint_interval_beyond_the_in_flight_bound_does_not_stop_the_stream(kafka, topics, trainer):
+    """TRAINER_PUBLISH_EVERY_EXAMPLES far above TRAINER_MAX_IN_FLIGHT_RECORDS (and no checkpoint by time
+    within the test): the runtime delivers nothing past the in-flight bound and a batch's offsets wait
+    for the checkpoint covering it, so before the trainer forced a checkpoint at half that bound it
+    learned a few hundred examples and stopped. Now it learns all 3,000, each once."""
+    await produce(kafka, topics["training-examples"], keyed_examples(fraud_training_examples(3000, seed=14)))
+    t = trainer(trainer_spec(models=ONLINE_ONLY), TRAINER_PUBLISH_EVERY_EXAMPLES="1000000",
+                TRAINER_PUBLISH_EVERY_S="100000", TRAINER_MAX_IN_FLIGHT_RECORDS="400",
+                TRAINER_MAX_POLL_RECORDS="100").start()
+    wait_until(lambda: metric_value(httpx.get(f"{t.url}/metrics").text, "loopline_trainer_examples_total",
+                                    outcome="learned") == 3000, 180, "all 3,000 examples learned")
+    metrics = httpx.get(f"{t.url}/metrics").text
+    assert metric_value(metrics, "loopline_trainer_examples_total", outcome="skipped") in (None, 0.0)
+    registry = await until_registry(
+        kafka, topics, lambda r: r.latest("online_logreg") and r.latest("online_logreg").lineage.data.examples > 2800,
+        what="the forced checkpoints")
+    covered = [v.lineage.data.examples for v in registry.versions("online_logreg")]
+    # a checkpoint once 200 to 299 records wait (batches of at most 100): the last one leaves fewer than 200
+    assert covered == sorted(covered) and all(200 <= b - a < 300 for a, b in zip([0, *covered], covered))
+    assert 3000 - 200 < covered[-1] <= 3000
+    # no scikit-learn candidate: nothing to retrain
+    r = httpx.post(f"{t.url}/v1/retrain", headers={"X-API-Key": ADMIN_KEY})
+    assert r.status_code == 409 and r.json()["field"] == "models" and r.json()["code"] == "no_batch_candidate"
+    t.stop()
+
+
+async def test_a_retrain_request_below_min_examples_is_refused_with_the_reason(kafka, topics, trainer):
+    examples = fraud_training_examples(1600, seed=15)
+    await produce(kafka, topics["training-examples"], keyed_examples(examples[:1000]))
+    t = trainer(trainer_spec()).start()  # min_examples: 1500
+    wait_until(lambda: metric_value(httpx.get(f"{t.url}/metrics").text, "loopline_trainer_examples_total",
+                                    outcome="learned") == 1000, 120, "the 1,000 examples")
+    auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    assert httpx.post(f"{t.url}/v1/retrain").status_code == 401  # the key is checked first
+    r = httpx.post(f"{t.url}/v1/retrain", headers=auth)
+    assert r.status_code == 409
+    body = r.json()
+    assert body["field"] == "training.min_examples" and body["code"] == "too_few_examples"
+    assert body["reason"] == "the training window holds 1000 examples; the spec's training.min_examples is 1500"
+    await produce(kafka, topics["training-examples"], keyed_examples(examples[1000:]))
+    wait_until(lambda: metric_value(httpx.get(f"{t.url}/metrics").text, "loopline_trainer_examples_total",
+                                    outcome="learned") == 1600, 120, "600 more examples")
+    r = httpx.post(f"{t.url}/v1/retrain", headers=auth)
+    assert r.status_code == 202 and r.json() == {"triggered": True, "window_examples": 1600}
+    t.stop()

@@ -8,11 +8,14 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
+from services.trainer.config import TrainerSettings
 from services.trainer.domain import (
-    ExampleWindow, OnlineTrainer, Publisher, Rejected, Trained, data_range, decode_example, gate, holdout_split,
-    promotion, prunable, rollback_target, train_batch,
+    ExampleWindow, OnlineTrainer, Publisher, Rejected, Trained, _label_array, data_range, decode_example, gate,
+    holdout_split, promotion, prunable, rollback_target, train_batch,
 )
-from shared.modeling import Vectorizer
+from services.trainer.metrics import TrainerMetrics
+from services.trainer.service import Trainer, in_thread
+from shared.modeling import Vectorizer, build_model, holdout_metrics, predict, reference_statistics
 from shared.registry import ArtifactStore, Registry, load_model
 from shared.serialization import dumps
 from shared.spec import ModelCandidate, parse_spec
@@ -34,6 +37,10 @@ def test_decode_refuses_what_the_trainer_cannot_use():
     assert ex.label == 1 and ex.t == 1000.0 and ex.features == {"txn_count_10m": 1}
     from shared.serialization import loads
     maybe = dumps({**loads(example(1, 0.0)), "label": "maybe"})  # not a binary label
+    # occurred_at: an offset is honoured, none means UTC
+    for when, t in [("2026-01-01T02:00:00+02:00", 1767225600.0), ("2026-01-01T00:00:00", 1767225600.0),
+                    ("2026-01-01T00:00:00Z", 1767225600.0)]:
+        assert decode_example(SPEC, dumps({**loads(example(1, 0.0)), "occurred_at": when})).t == t
     for bad, code in [(b"{", "invalid_json"), (b"[]", "invalid"), (dumps({"event_id": "x"}), "invalid"),
                       (maybe, "invalid")]:
         with pytest.raises(Rejected) as exc:
@@ -101,6 +108,53 @@ def test_online_learning_skips_what_a_checkpoint_covers_and_train_batch_evaluate
     names = {r.candidate.name for r in result.trained}
     assert names == {"gbm", "logreg"} and all(not r.error and "roc_auc" in r.metrics for r in result.trained)
     assert result.holdout == (120, float(t[480]), float(t[-1]))  # the latest 20 % by event time
+    assert result.champion_metrics is None
+    # the champion, loaded by the callable it is given, is evaluated on the same holdout; each candidate's
+    # reference statistics are those of the whole training part with its own holdout scores
+    y_fit, y_hold = _label_array(y[:480], "binary"), _label_array(y[480:], "binary")
+    champion = build_model(SPEC.models[2], SPEC).fit(X[:480], y_fit)
+    result = train_batch(SPEC, VEC, X, y, t, lambda: ("sklearn", champion))
+    assert result.champion_metrics == holdout_metrics(SPEC, y_hold, predict(champion, "sklearn", "binary", X[480:]))
+    logreg = next(r for r in result.trained if r.candidate.name == "logreg")
+    assert logreg.metrics == result.champion_metrics  # the same estimator, the same data: the same model
+    assert logreg.reference == reference_statistics(VEC, X[:480], y_fit, predict(champion, "sklearn", "binary", X[480:]))
+
+    def tampered():
+        raise ValueError("the champion's artifact does not verify")
+    with pytest.raises(ValueError, match="does not verify"):
+        train_batch(SPEC, VEC, X, y, t, tampered)  # a champion that cannot be loaded fails the retrain
+
+
+ONLINE_ONLY = re.sub(r"models:\n(  - .*\n)+", "models:\n  - {name: online_logreg, library: river, algorithm: "
+                     "logistic_regression}\n", FRAUD_TEXT)
+
+
+async def test_a_checkpoint_is_forced_once_held_records_reach_half_the_in_flight_bound(tmp_path):
+    """publish_every_examples far above max_in_flight_records: the runtime delivers nothing past the
+    in-flight bound and a batch's offsets wait for the checkpoint covering it, so the trainer must
+    checkpoint by itself before the bound, or the stream stops (until publish_every_s)."""
+    spec = parse_spec(ONLINE_ONLY)
+    settings = TrainerSettings(data_dir=tmp_path / "d", artifact_url=str(tmp_path / "a"), max_in_flight_records=400,
+                               publish_every_examples=100_000, publish_every_s=3600)
+    trainer = Trainer(spec, settings, Registry(), TrainerMetrics())
+    assert trainer.hold_limit == 200 and not trainer.batch and trainer.window.capacity == 0
+    examples = [decode_example(spec, dumps(e)) for e in fraud_training_examples(450, seed=4)]
+    checkpoints = []
+    for start in range(0, 450, 150):  # three batches of 150 records
+        for offset in range(start, start + 150):
+            assert trainer.take(0, offset, examples[offset])
+        hold = trainer.segment(150)
+        records, done = trainer.checkpoint_records()
+        if records:
+            assert done is hold  # the checkpoint releases the batches it covers
+            checkpoints.append(registry_examples(trainer))
+    assert checkpoints == [300]  # 150 held: no checkpoint; 300 >= 200: one; then 150 again: none
+    assert len(trainer.window) == 0  # no batch candidate: no window is kept
+    assert not trainer.take(0, 10, examples[10])  # covered by the checkpoint: skipped
+
+
+def registry_examples(trainer: Trainer) -> int:
+    return trainer.registry.latest("online_logreg").lineage.data.examples
 
 
 def test_records_artifacts_promotion_rollback_and_pruning(tmp_path):
@@ -129,3 +183,9 @@ def test_records_artifacts_promotion_rollback_and_pruning(tmp_path):
     assert registry.champion().version == 4 and registry.get("logreg", 2).stage == "archived"
     assert rollback_target(registry).version == 2
     assert [v.version for v in prunable(registry, keep=2)] == [1, 2]  # never the champion (4)
+
+
+async def test_in_thread_hands_back_the_result_or_the_exception():
+    assert await in_thread(sum, [1, 2]) == 3
+    with pytest.raises(ZeroDivisionError):
+        await in_thread(divmod, 1, 0)
