@@ -51,5 +51,7 @@ def create_app(settings: MonitorSettings | None = None, registry: Registry | Non
                                "webhook subscriptions.")
     http.include_router(build_router(app, monitor, metrics))
     app.serve(http)
-    app.monitor = monitor  # for tests
+    # not `app.monitor`: faust.App.monitor is its sensor Monitor, which the worker starts (a Monitor of
+    # ours there fails the start with AttributeError: no .beacon)
+    app.drift_monitor = monitor  # for tests
     return app
