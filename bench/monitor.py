@@ -21,6 +21,7 @@ import asyncio
 import json
 import math
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -474,9 +475,13 @@ def part_c(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     for name in PEERS:
         meter = CpuMeter({}).start()
         t_wall = time.monotonic()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         peers[name] = run_peer(name, data, args.rounds)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         used = meter.stop()
-        # the peer ran as our child: its CPU is in 'other' here, so this is the load beside the two of us
+        if used.get("other") is not None:  # the peer (our child, reaped) is not other load
+            used["other"] = max(0.0, used["other"] - (after.ru_utime + after.ru_stime - before.ru_utime
+                                                      - before.ru_stime))
         peers[name]["other_load"] = load_note(used, time.monotonic() - t_wall)
         if "error" in peers[name]:
             log(f"(c) {name}: {peers[name]['error']}")
