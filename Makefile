@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help venv kafka-fetch kafka-up kafka-down kafka-reset test test-unit demo bench clean
+.PHONY: help venv kafka-fetch kafka-up kafka-down kafka-reset promtool test test-unit demo bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -29,10 +29,13 @@ kafka-down: ## Stop the local Kafka
 kafka-reset: ## Stop the local Kafka and delete its data
 	deploy/kafka/kafka.sh reset
 
-test: venv kafka-fetch ## Run every test against a real, throwaway Kafka (started and stopped here)
+promtool: ## Install promtool (Debian's prometheus package) for the alert-rule tests, if missing
+	deploy/ensure-promtool.sh
+
+test: venv kafka-fetch promtool ## Run every test against a real, throwaway Kafka (started and stopped here)
 	deploy/run-tests.sh
 
-test-unit: venv ## Run the unit tests only (no Kafka)
+test-unit: venv promtool ## Run the unit tests only (no Kafka)
 	$(PY) -m pytest -q tests/unit
 
 demo: venv kafka-fetch ## Kafka + all services + the fraud example's traffic, with progress

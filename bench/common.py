@@ -221,6 +221,36 @@ class OffsetWatcher:
             await asyncio.sleep(poll_s)
 
 
+class GroupOffsets:
+    """Committed offsets and end offsets of a consumer group's topics, read by a consumer that never
+    joins the group (as the stream runtime reads its own lag)."""
+
+    def __init__(self, kafka: KafkaSettings, group: str, topics: Sequence[str]):
+        self.topics = list(topics)
+        self.consumer = make_consumer(kafka, group_id=group)
+        self.watch = OffsetWatcher(kafka)
+        self._parts: list[TopicPartition] = []
+
+    async def __aenter__(self) -> GroupOffsets:
+        await self.consumer.start()
+        await self.watch.__aenter__()
+        for topic in self.topics:
+            self._parts += await self.watch.partitions(topic)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.watch.__aexit__(*exc)
+        await self.consumer.stop()
+
+    async def read(self) -> tuple[int, int]:
+        """(records committed by the group, records in its topics) summed over every partition."""
+        ends = await self.watch.consumer.end_offsets(self._parts)
+        committed = 0
+        for tp in self._parts:
+            committed += (await self.consumer.committed(tp)) or 0
+        return committed, sum(ends.values())
+
+
 # ---------------------------------------------------------------- output
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -6,6 +6,8 @@ Nothing here touches Kafka or the clock (times are passed in)."""
 from __future__ import annotations
 
 import hashlib
+import math
+import sys
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -462,6 +464,8 @@ class AlertBook:
         current = self.firing.get(key)
         if value != value:  # NaN: nothing to judge
             return None
+        if math.isinf(value):  # e.g. a segment's error ratio to a best segment without errors: an Alert's
+            value = math.copysign(sys.float_info.max, value)  # value must be finite, so the largest float
         if current is None:
             if not self.breached(w, value):
                 return None

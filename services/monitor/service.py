@@ -6,6 +6,7 @@ source partition (predictions, labels and snapshots of an event may sit in diffe
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from datetime import UTC, datetime
 from typing import Any
@@ -181,7 +182,7 @@ class Monitor:
             self.metrics.concept_drifts.inc()
             self.quiet_since_drift = 0
             c = self.spec.monitoring.concept_drift
-            estimation = float(getattr(detector, "estimation", float("nan")))
+            estimation = self._error_estimate(detector, name, version)
             if key not in self.book.firing:
                 now = self.now()
                 alert = Alert(fingerprint=key, kind="concept_drift", status="firing", severity="warning",
@@ -197,6 +198,18 @@ class Monitor:
                                                                       "labelled predictions")
             return [resolved] if resolved else []
         return []
+
+    def _error_estimate(self, detector: Any, name: str, version: int) -> float:
+        """ADWIN's estimate of the error rate; Page-Hinkley and KSWIN have none, so the champion's
+        error over its rolling performance window (an Alert's value must be a finite number)."""
+        estimation = getattr(detector, "estimation", None)
+        if estimation is not None and math.isfinite(estimation):
+            return float(estimation)
+        perf = self.performance.get((name, version, "champion"))
+        rows = list(perf.rows) if perf is not None else []
+        if not rows:
+            return 0.0
+        return sum(error_of(self.spec, r.predicted, r.label) for r in rows) / len(rows)
 
     def _bias(self, name: str, version: int) -> list[Alert]:
         out: list[Alert] = []
