@@ -65,3 +65,40 @@ def metric_value(text: str, name: str, **labels: str) -> float | None:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
     return None
+
+
+
+SERVICES = ("ingest", "features", "trainer", "serving", "monitor")
+_SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
+             "summary": ("_sum", "_count", "_created"), "gauge": ("",)}
+
+
+def exported_metrics() -> dict[str, set[str]]:
+    """Every sample name the services export, with the label names of its metric: each service's
+    metrics class instantiated, plus the stream runtime's lag and progress gauges for the services
+    that run on it (what the Prometheus rules and the dashboard may name)."""
+    import importlib
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from shared.stream import StreamApp, StreamSettings
+
+    out: dict[str, set[str]] = {}
+    for service in SERVICES:
+        module = importlib.import_module(f"services.{service}.metrics")
+        classes = [v for k, v in vars(module).items() if k.endswith("Metrics") and isinstance(v, type)
+                   and v.__module__ == module.__name__]
+        assert classes, f"services/{service}/metrics.py: no metrics class"
+        for cls in classes:
+            for metric in vars(cls()).values():
+                if isinstance(metric, MetricWrapperBase):
+                    for suffix in _SUFFIXES[metric._type]:  # noqa: SLF001
+                        out[metric._name + suffix] = set(metric._labelnames)  # noqa: SLF001
+        if "StreamApp(" in (ROOT / "services" / service / "app.py").read_text():
+            registry = CollectorRegistry()
+            StreamApp(service, "metrics-check", StreamSettings(), registry)
+            for family in registry.collect():
+                if family.name.startswith(f"loopline_{service}_"):
+                    out[family.name] = set()
+    return out

@@ -6,7 +6,6 @@ run by `make test`, `make test-unit` and deploy/run-tests.sh). Without it this f
 elsewhere, saying how to get it."""
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import shutil
@@ -15,16 +14,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
-from prometheus_client.metrics import MetricWrapperBase
+
+from tests.support import exported_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
 RULES_TEST = ROOT / "deploy" / "prometheus" / "rules_test.yml"
 METRIC = re.compile(r"\b(loopline_[a-z0-9_]+)\b(\{[^}]*\})?")
 MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
-SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
-            "summary": ("_sum", "_count", "_created"), "gauge": ("",)}
 
 
 def promtool() -> str:
@@ -61,35 +58,8 @@ def test_every_alert_has_a_unit_test():
     assert alerts - firing == set(), "alerts without a test that expects them to fire"
 
 
-def exported() -> dict[str, set[str]]:
-    """Every sample name the services export, with the label names of its metric: each service's metrics
-    module (its metrics class instantiated), plus the stream runtime's lag and progress gauges for the
-    services that run on it."""
-    from shared.stream import StreamApp, StreamSettings
-
-    out: dict[str, set[str]] = {}
-    for path in sorted((ROOT / "services").glob("*/metrics.py")):
-        service = path.parent.name
-        module = importlib.import_module(f"services.{service}.metrics")
-        classes = [v for k, v in vars(module).items() if k.endswith("Metrics") and isinstance(v, type)
-                   and v.__module__ == module.__name__]
-        assert classes, f"{path}: no metrics class"
-        for cls in classes:
-            for metric in vars(cls()).values():
-                if isinstance(metric, MetricWrapperBase):
-                    for suffix in SUFFIXES[metric._type]:  # noqa: SLF001
-                        out[metric._name + suffix] = set(metric._labelnames)  # noqa: SLF001
-        if "StreamApp(" in (path.parent / "app.py").read_text():
-            registry = CollectorRegistry()
-            StreamApp(service, "rules-test", StreamSettings(), registry)
-            for family in registry.collect():
-                if family.name.startswith(f"loopline_{service}_"):
-                    out[family.name] = set()
-    return out
-
-
 def test_the_rules_read_only_exported_metrics_and_labels():
-    names = exported()
+    names = exported_metrics()
     assert "loopline_monitor_lag_records" in names and "loopline_serving_log_undelivered_total" in names
     rules = yaml.safe_load(RULES.read_text())
     used = 0
@@ -109,7 +79,7 @@ def test_the_rules_read_only_exported_metrics_and_labels():
 
 
 def test_the_metric_check_catches_a_name_no_service_exports():
-    names = exported()
+    names = exported_metrics()
     assert "loopline_monitor_data_drift" in names
     assert "loopline_monitor_data_drfit" not in names
     assert names["loopline_monitor_bias"] == {"field", "segment", "statistic"}
