@@ -22,6 +22,7 @@ from shared.events import Alert
 from shared.modeling import Predictions, encode_label, higher_is_better, holdout_metrics
 from shared.spec import DriftSpec, PipelineSpec
 
+KS_EXACT_MAX_N = 10_000  # effective sample sizes above use the asymptotic Kolmogorov distribution
 SHARE_FLOOR = 1e-4  # PSI's shares are floored here: an empty bin on one side would make it infinite
 MISSING = "<missing>"
 
@@ -39,13 +40,16 @@ def psi(reference: np.ndarray, current: np.ndarray) -> float:
 def ks_binned(reference: np.ndarray, current: np.ndarray, n_ref: float, n_cur: float) -> tuple[float, float]:
     """Two-sample Kolmogorov-Smirnov distance of two histograms over the same ordered bins (the
     largest CDF gap at a bin edge: the exact D restricted to the edges, so never above it) and its
-    asymptotic p-value (scipy's kstwo with the effective sample size n·m/(n+m))."""
+    p-value (scipy's kstwo with the effective sample size n·m/(n+m), kstwobign above 10,000)."""
     if n_ref <= 0 or n_cur <= 0:
         return 0.0, 1.0
     gap = np.abs(np.cumsum(reference) / reference.sum() - np.cumsum(current) / current.sum())
     d = float(gap.max())
     en = max(1, round(n_ref * n_cur / (n_ref + n_cur)))
-    return d, float(stats.kstwo.sf(d, en))
+    if en <= KS_EXACT_MAX_N:
+        return d, float(stats.kstwo.sf(d, en))
+    # beyond, the limiting Kolmogorov distribution (what kstwo tends to; its exact sf costs tens of ms)
+    return d, float(stats.kstwobign.sf(d * math.sqrt(en)))
 
 
 def chi2_binned(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
@@ -422,8 +426,8 @@ class Watch:
 
 
 class AlertBook:
-    """Alert states by fingerprint; `observe` returns a record only when one starts firing, changes
-    severity or resolves (the repeats of a firing alert are grouped into its `details.windows`)."""
+    """Alert states by fingerprint; `observe` returns a record only when one starts firing, escalates
+    to critical or resolves (the repeats of a firing alert are grouped into its `details.windows`)."""
 
     def __init__(self, hysteresis: float):
         self.hysteresis = hysteresis
@@ -479,7 +483,8 @@ class AlertBook:
             del self.firing[key]
             return current.model_copy(update={"status": "resolved", "value": value, "window": window,
                                               "updated_at": now, "details": {**current.details, **(details or {})}})
-        severity = self.severity(w, value) if self.breached(w, value) else current.severity
+        # severity only escalates while firing: a value swinging around 2x the threshold is not re-sent
+        severity = "critical" if "critical" in (current.severity, self.severity(w, value)) else current.severity
         windows = int(current.details.get("windows", 1)) + 1
         updated = current.model_copy(update={"value": value, "window": window, "severity": severity,
                                              "model_name": w.model_name, "model_version": w.model_version,

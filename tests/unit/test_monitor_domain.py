@@ -222,3 +222,10 @@ def test_bias_against_a_segment_without_errors_uses_the_gap_not_an_infinite_rati
     assert ("pos", "false_positive_rate_ratio") not in found
     assert found[("pos", "false_positive_rate_gap")] == pytest.approx(0.5)
     assert all(math.isfinite(v) for v in found.values())
+
+
+def test_severity_only_escalates_while_firing_so_a_swinging_value_is_sent_once():
+    book = AlertBook(hysteresis=0.8)
+    sent = [book.observe(watch(), v, window=1, now=NOW) for v in (0.5, 0.3, 0.6, 0.25, 0.45)]
+    assert [(r.status, r.severity) for r in sent if r is not None] == [("firing", "critical")]
+    assert book.firing[sent[0].fingerprint].details["windows"] == 5
