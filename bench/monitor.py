@@ -74,7 +74,7 @@ How each figure is measured:
  (c) Synthetic data, seeded: <ROWS> reference and <ROWS> current rows of 20 numeric features (normal,
      lognormal, uniform, exponential; no missing values); 6 drifted in the current rows (see the table), one
      only slightly (0.05 sd). Ours, in this process, from the raw arrays: per feature the reference's edges and
-     counts as the trainer makes them (shared.modeling.quantile_edges + bin_counts), a services.monitor Sketch over
+     counts as the trainer makes them (shared.modeling.quantile_bins: quantile_edges + bin_counts), a services.monitor Sketch over
      them, Sketch.add_many(current column), Sketch.statistics() (PSI, binned KS and its p-value); flagged:
      PSI > 0.2 (the fraud spec's data_drift threshold); KS p < 0.01 shown too. Evidently: Report([
      DataDriftPreset()]).run(current, reference) with its defaults; NannyML: UnivariateDriftCalculator(
@@ -424,15 +424,15 @@ def ours_drift(reference: np.ndarray, current: np.ndarray, columns: list[str]) -
     """Seconds for the reference side (edges and counts), for the live side (sketch, add_many, statistics),
     and the statistics per column."""
     from services.monitor.domain import Sketch
-    from shared.modeling import bin_counts, quantile_edges
+    from shared.modeling import quantile_bins
 
     t0 = time.perf_counter()
     refs = []
     for j in range(len(columns)):
         col = reference[:, j]
         present = col[~np.isnan(col)]
-        edges = quantile_edges(present)
-        refs.append({"kind": "numeric", "edges": edges, "counts": bin_counts(edges, present),
+        edges, counts = quantile_bins(present)
+        refs.append({"kind": "numeric", "edges": edges, "counts": counts,
                      "missing": 1.0 - present.size / col.size})
     t1 = time.perf_counter()
     out = []

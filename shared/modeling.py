@@ -508,13 +508,7 @@ def quantile_edges(values: np.ndarray) -> list[float]:
     """Bin edges of a numeric sample: its 0%, 10%, ..., 100% quantiles (numpy's linear interpolation),
     deduplicated; a constant sample gives [v, v]; no finite value gives []."""
     values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return []
-    edges = np.unique(np.quantile(values, DECILES))
-    if edges.size == 1:
-        edges = np.repeat(edges, 2)
-    return [float(e) for e in edges]
+    return _edges_of_sorted(np.sort(values[np.isfinite(values)]))
 
 
 def bin_counts(edges: Sequence[float], values: np.ndarray) -> list[int]:
@@ -524,23 +518,48 @@ def bin_counts(edges: Sequence[float], values: np.ndarray) -> list[int]:
     e_{i-1} <= x < e_i, [k] the last bin closed on both sides e_{k-1} <= x <= e_k (so the largest
     training value is inside), [k+1] above (x > e_k). NaN is not counted (it is `missing`)."""
     values = np.asarray(values, dtype=np.float64)
-    values = values[~np.isnan(values)]
+    return _counts_of_sorted(edges, np.sort(values[~np.isnan(values)]))
+
+
+def quantile_bins(values: np.ndarray) -> tuple[list[float], list[int]]:
+    """`quantile_edges` of the values and their `bin_counts` over those edges, sorting them once."""
+    values = np.asarray(values, dtype=np.float64)
+    present = np.sort(values[~np.isnan(values)])  # -inf first, +inf last: the finite ones are a slice
+    finite = present[np.searchsorted(present, -np.inf, "right"):np.searchsorted(present, np.inf, "left")]
+    edges = _edges_of_sorted(finite)
+    return edges, _counts_of_sorted(edges, present)
+
+
+def _edges_of_sorted(values: np.ndarray) -> list[float]:
+    if values.size == 0:
+        return []
+    # numpy's "linear" quantiles (np.quantile's default, same lerp) read off the sorted values
+    at = (values.size - 1) * DECILES
+    lo = np.floor(at).astype(np.intp)
+    a, b, t = values[lo], values[np.minimum(lo + 1, values.size - 1)], at - lo
+    edges = np.unique(np.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t))
+    if edges.size == 1:
+        edges = np.repeat(edges, 2)
+    return [float(e) for e in edges]
+
+
+def _counts_of_sorted(edges: Sequence[float], values: np.ndarray) -> list[int]:
     if not len(edges):
         return []
     edges_a = np.asarray(edges, dtype=np.float64)
-    index = np.searchsorted(edges_a, values, side="right")
-    index[values == edges_a[-1]] = len(edges_a) - 1
-    return [int(c) for c in np.bincount(index, minlength=len(edges_a) + 1)]
+    starts = np.searchsorted(values, edges_a, side="left")  # each bin is a range of positions
+    end = int(np.searchsorted(values, edges_a[-1], side="right"))  # past the last value <= the last edge
+    return [int(c) for c in np.diff(np.concatenate(([0], starts[:-1], [end, values.size])))]
 
 
 def _numeric_stats(values: np.ndarray) -> dict[str, Any]:
     values = np.asarray(values, dtype=np.float64)
     present = values[~np.isnan(values)]
-    edges = quantile_edges(present)
+    edges, counts = quantile_bins(present)
     return {
         "kind": "numeric",
         "edges": edges,
-        "counts": bin_counts(edges, present),
+        "counts": counts,
         "missing": float(1.0 - present.size / values.size) if values.size else 0.0,
         "mean": float(present.mean()) if present.size else None,
         "std": float(present.std()) if present.size else None,

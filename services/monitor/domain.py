@@ -19,7 +19,7 @@ import numpy as np
 from scipy import special, stats
 
 from shared.events import Alert
-from shared.modeling import Predictions, encode_label, higher_is_better, holdout_metrics
+from shared.modeling import Predictions, bin_counts, encode_label, higher_is_better, holdout_metrics
 from shared.spec import DriftSpec, PipelineSpec
 
 KS_EXACT_MAX_N = 10_000  # effective sample sizes above use the asymptotic Kolmogorov distribution
@@ -109,16 +109,12 @@ class Sketch:
         """A column of live numbers at once (NaN: missing), as add() one by one."""
         values = np.asarray(values, dtype=np.float64)
         self.n += len(values)
-        missing = np.isnan(values)
-        self.counts[-1] += int(missing.sum())
-        present = values[~missing]
+        missing = int(np.isnan(values).sum())
+        self.counts[-1] += missing
         if not self.edges:
-            self.counts[-1] += len(present)
+            self.counts[-1] += len(values) - missing
             return
-        edges = np.asarray(self.edges)
-        index = np.searchsorted(edges, present, side="right")
-        index[present == edges[-1]] = self._last
-        self.counts[:-1] += np.bincount(index, minlength=len(edges) + 1)
+        self.counts[:-1] += bin_counts(self.edges, values)
 
     def statistics(self) -> dict[str, float]:
         """PSI over every bin (missing included) and the type's two-sample test."""

@@ -465,3 +465,26 @@ def test_reference_label_statistics_for_multiclass_and_regression():
     assert ref["label"]["counts"] == [0, 1, 0, 1, 0, 0, 1, 0, 1, 0, 1, 0]
     assert ref["scores"] == {"edges": [], "counts": []}
 
+
+
+def test_reference_bins_equal_numpys_quantiles_and_a_count_per_value():
+    from shared.modeling import DECILES, bin_counts, quantile_bins, quantile_edges
+
+    rng = np.random.default_rng(12)
+    samples = [rng.normal(size=300) * 1e6, rng.integers(-3, 3, size=50).astype(float), rng.exponential(size=7),
+               np.full(9, 2.5), np.array([np.nan, np.inf, -np.inf, 1.0, 2.0, 2.0, 3.0])]
+    for x in samples:
+        finite = x[np.isfinite(x)]
+        expected = np.unique(np.quantile(finite, DECILES))
+        expected = np.repeat(expected, 2) if expected.size == 1 else expected
+        edges = quantile_edges(x)
+        assert edges == [float(e) for e in expected]
+        e = np.asarray(edges)
+        live = np.append(rng.normal(size=100) * 3, [np.nan, e[0], e[-1], e[-1], np.inf, -np.inf])
+        for values in (x, live):
+            present = values[~np.isnan(values)]
+            naive = [int((present < e[0]).sum())] + [int(((present >= lo) & (present < hi)).sum())
+                                                     for lo, hi in zip(e[:-2], e[1:-1])]
+            naive += [int(((present >= e[-2]) & (present <= e[-1])).sum()), int((present > e[-1]).sum())]
+            assert bin_counts(edges, values) == naive
+        assert quantile_bins(x) == (edges, bin_counts(edges, x))
