@@ -149,6 +149,9 @@ def svg(fig: Any) -> str:
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     text = buf.getvalue()
     text = text[text.index("<svg"):]
+    # matplotlib's RDF metadata names vocabularies by URL: not needed, and the page names no URL at all
+    text = re.sub(r"\s*<metadata>.*?</metadata>", "", text, flags=re.S)
+    text = re.sub(r'\s+xmlns:(dc|cc|rdf)="[^"]*"', "", text)
     # several SVGs in one page: matplotlib's ids (clip paths, glyphs) must not collide between them
     salt = f"f{next(_ids)}"
     text = re.sub(r'id="([^"]+)"', lambda m: f'id="{salt}-{m.group(1)}"', text)

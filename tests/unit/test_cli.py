@@ -311,3 +311,36 @@ def test_replay_dry_run_reads_the_generators_file_and_refuses_labels_without_obs
     assert r.exit_code == 1, output(r)
     assert f"would replay {len(lines)} records; 1 refused" in r.output
     assert "needs observed_at" in output(r)
+
+
+# ---------------------------------------------------------------- explore
+
+def test_explore_writes_the_report_from_the_offline_store_and_the_trainers_registry(trainer_http, tmp_path):
+    from cli.report import Input, column
+    from shared.drift import compare_samples
+    from tests.support import fraud_offline_store
+
+    frame = fraud_offline_store(tmp_path / "offline", 1500, drift_at=750)
+    out = tmp_path / "report.html"
+    r = run(CliSettings(trainer_url=trainer_http.url), "explore", "--offline", str(tmp_path / "offline"),
+            "--registry", "trainer", "--out", str(out))
+    assert r.exit_code == 0, output(r)
+    page = out.read_text()
+    assert "<title>Loopline exploration: fraud</title>" in page
+    for anchor in ("overview", "label-over-time", "missing", "drift", "inputs", "models"):
+        assert f'<section id="{anchor}">' in page
+    inputs = [d.name for d in FRAUD.features.definitions] + ["amount", "merchant_category", "country", "channel"]
+    for name in inputs:
+        assert f'id="input-{name}"' in page
+    # one plot per input, plus label over time, missing values, PSI and the versions' metric
+    assert page.count("<svg") == len(inputs) + 4
+    assert not re.search(r"(src|href)=[\"']?(https?:|//)|url\([\"']?(https?:|//)|@import|<script|<link", page)
+    assert "training examples: 1,500" in page  # the repeated row counted once
+    assert f"{frame['is_fraud'].mean():.4g}" in page
+    # the champion's lineage window holds none of these rows: the newest 20 % are recent
+    assert "the oldest 80% of the rows by event time against the newest 20%: 1,200 rows" in page
+    amount = column(frame, Input("amount", "numeric", "field"))
+    psi = compare_samples(amount[:1200], amount[1200:], "numeric")["psi"]
+    assert f"<td>amount</td><td>numeric</td><td>{psi:.4g}</td>" in page
+    # the versions with their metrics
+    assert "<td>logreg</td><td>2</td>" in page and "roc_auc 0.934" in page
