@@ -1,6 +1,7 @@
 """What every command gets: the settings (env, then the global options) and a way to call a service."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import typer
@@ -8,6 +9,7 @@ from rich.console import Console
 
 from cli.client import Api
 from cli.config import CliSettings
+from shared.settings import KafkaSettings
 
 console = Console()
 err = Console(stderr=True)
@@ -28,6 +30,16 @@ class Context:
 
         state = read_state()
         return state["prefix"] if state else ""
+
+
+    def kafka(self) -> KafkaSettings:
+        """The Kafka settings (KAFKA_*); without KAFKA_BOOTSTRAP_SERVERS, the broker `loopline up` recorded."""
+        if "KAFKA_BOOTSTRAP_SERVERS" not in os.environ:
+            from deploy.local import read_state
+
+            if state := read_state():
+                return self.settings.kafka.model_copy(update={"bootstrap_servers": state["bootstrap"]})
+        return self.settings.kafka
 
 
 def ctx_of(ctx: typer.Context) -> Context:

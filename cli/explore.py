@@ -10,10 +10,10 @@ from typing import Annotated
 import typer
 
 from cli.client import CliError
-from cli.config import CliSettings
 from cli.context import Context, ctx_of, err
 from cli.report import ReportData, Version, render
 from shared.serialization import parse_time
+from shared.settings import KafkaSettings
 
 REGISTRY_TIMEOUT_S = 30.0
 
@@ -34,12 +34,12 @@ def default_offline() -> str:
     return state["offline"] if state else "var/offline"
 
 
-async def versions_from_kafka(settings: CliSettings, prefix: str) -> list[Version]:
+async def versions_from_kafka(kafka: KafkaSettings, prefix: str) -> list[Version]:
     """Every version on the `models` topic (shared.registry.read_registry)."""
     from shared.registry import read_registry
     from shared.topics import Topics
 
-    registry, _ = await asyncio.wait_for(read_registry(settings.kafka, Topics(prefix)["models"]), REGISTRY_TIMEOUT_S)
+    registry, _ = await asyncio.wait_for(read_registry(kafka, Topics(prefix)["models"]), REGISTRY_TIMEOUT_S)
     return [Version(v.name, v.version, v.stage, v.algorithm, v.evaluation, dict(v.metrics), v.trained_at,
                     v.lineage.data.start, v.lineage.data.end) for v in registry.versions()]
 
@@ -110,10 +110,10 @@ def explore(
     versions, note = None, ""
     if registry == RegistrySource.kafka:
         try:
-            versions = asyncio.run(versions_from_kafka(c.settings, c.prefix()))
+            versions = asyncio.run(versions_from_kafka(c.kafka(), c.prefix()))
             note = f"From the models topic ({len(versions)} versions; the trainer keeps the newest of each model)."
         except Exception as exc:  # the report is still useful without the registry
-            note = f"The registry could not be read from Kafka ({c.settings.kafka.bootstrap_servers}): {exc!r}"
+            note = f"The registry could not be read from Kafka ({c.kafka().bootstrap_servers}): {exc!r}"
             err.print(f"[yellow]warning:[/] {note}")
     elif registry == RegistrySource.trainer:
         versions = versions_from_trainer(c)

@@ -18,7 +18,7 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print the trainer's answer
 
 def _metrics(metrics: dict[str, float], first: str | None = None) -> str:
     names = sorted(metrics, key=lambda k: (k != first, k))
-    return ", ".join(f"{k} {v:.4f}" for k, v in ((k, metrics[k]) for k in names))
+    return ", ".join(f"{k} {v + 0.0:.4f}" for k, v in ((k, metrics[k]) for k in names))  # + 0.0: no "-0.0000"
 
 
 @app.command("list")

@@ -26,6 +26,7 @@ from cli.config import CliSettings
 from cli.context import Context, ctx_of, err
 from shared.events import derived_event_id, input_of
 from shared.serialization import dumps, loads, parse_time
+from shared.settings import KafkaSettings
 from shared.topics import CATALOGUE, Topics
 
 RETRY_BUDGET_S = 120.0
@@ -92,13 +93,13 @@ def file_items(path: Path, labels: bool, tally: Tally) -> Iterator[Item]:
                 yield item
 
 
-async def topic_items(settings: CliSettings, topic: str, labels: bool, partitions: list[int] | None,
+async def topic_items(kafka: KafkaSettings, topic: str, labels: bool, partitions: list[int] | None,
                       start: datetime | None, end: datetime | None, from_offset: int | None, to_offset: int | None,
                       tally: Tally, on_total: Any) -> AsyncIterator[Item]:
     """The records of a topic range (shared.kafka.topic_range), as items."""
     from shared.kafka import make_consumer, read_range, topic_range
 
-    consumer = make_consumer(settings.kafka, group_id=None)
+    consumer = make_consumer(kafka, group_id=None)
     await consumer.start()
     try:
         bounds = await topic_range(consumer, topic, start, end, from_offset, to_offset, partitions)
@@ -175,10 +176,10 @@ class HttpSink:
 class KafkaSink:
     """Produces to `events.raw` / `labels.raw` (acks=all, idempotent); ingest's raw bridge validates."""
 
-    def __init__(self, settings: CliSettings, topics: Topics, tally: Tally):
+    def __init__(self, kafka: KafkaSettings, topics: Topics, tally: Tally):
         from shared.kafka import make_producer
 
-        self.producer = make_producer(settings.kafka)
+        self.producer = make_producer(kafka)
         self.topics, self.tally = topics, tally
         self.pending: list[tuple[str, asyncio.Future]] = []
 
@@ -214,7 +215,7 @@ async def run(c: Context, *, file: Path | None, topic: str | None, labels: bool,
     task = progress.add_task("replay", total=None)
     sink: HttpSink | KafkaSink | None = None
     if not dry_run:
-        sink = HttpSink(c.settings, key, batch, tally) if via == Via.http else KafkaSink(c.settings, topics, tally)
+        sink = HttpSink(c.settings, key, batch, tally) if via == Via.http else KafkaSink(c.kafka(), topics, tally)
         if isinstance(sink, KafkaSink):
             await sink.start()
     try:
@@ -230,7 +231,7 @@ async def run(c: Context, *, file: Path | None, topic: str | None, labels: bool,
         else:
             assert topic is not None
             kind_labels = labels or topic.startswith("labels")
-            async for item in topic_items(c.settings, topics[topic], kind_labels, partitions, start, end,
+            async for item in topic_items(c.kafka(), topics[topic], kind_labels, partitions, start, end,
                                           from_offset, to_offset, tally,
                                           lambda total: progress.update(task, total=total)):
                 tally.valid += 1
