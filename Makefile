@@ -9,13 +9,14 @@ PY := $(VENV)/bin/python
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-venv: $(VENV)/.installed ## Create .venv with the pinned dependencies
+venv: $(VENV)/.installed ## Create .venv with the pinned dependencies and the `loopline` command
 
 kafka-fetch: ## Resolve the Apache Kafka jars from Maven Central (cached)
 	deploy/kafka/kafka.sh fetch

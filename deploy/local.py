@@ -6,11 +6,15 @@ events and labels through ingest, features, training, then live predictions thro
 
 Logs go to .run/logs/<service>.log. Without --keep everything is stopped at the end;
 with --keep the services (and Kafka) stay up until Ctrl-C.
+
+The pieces (start and stop the local broker and the services, in the foreground or detached with
+their pids in .run/deployment.json) are functions that `loopline up` / `loopline down` share.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -20,11 +24,12 @@ from datetime import UTC, datetime
 
 import httpx
 
-from deploy.procs import KAFKA_SH, ROOT, ServiceProcess
+from deploy.procs import KAFKA_SH, ROOT, ServiceProcess, pid_running, stop_pid
 from shared.spec import load_spec
 
 RUN = ROOT / ".run"
 SPEC = ROOT / "examples" / "fraud" / "pipeline.yaml"
+STATE = RUN / "deployment.json"  # what `loopline up` started, for `loopline down` and `status`
 
 
 @dataclass
@@ -141,6 +146,106 @@ async def topic_counts(bootstrap: str, prefix: str, names: list[str]) -> dict[st
         await consumer.stop()
 
 
+def kafka_running() -> bool:
+    """Whether the local broker (deploy/kafka/kafka.sh, KAFKA_PORT) answers."""
+    return subprocess.run([str(KAFKA_SH), "status"], check=False, capture_output=True).returncode == 0
+
+
+def start_kafka() -> bool:
+    """Start the local broker unless it runs; True if it was running already."""
+    was_up = kafka_running()
+    subprocess.run([str(KAFKA_SH), "start"], check=True)
+    return was_up
+
+
+def stop_kafka() -> None:
+    subprocess.run([str(KAFKA_SH), "stop"], check=False)
+
+
+def local_bootstrap() -> str:
+    return f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"
+
+
+def start_services(base_env: dict[str, str], *, detach: bool = False, services: list[Service] | None = None,
+                   report=say) -> list[ServiceProcess]:
+    """Start the services in order, each up (and ready where it waits for that) before the next;
+    `detach`: in their own sessions, so they outlive this process (`loopline up`). On a failure the
+    ones started are stopped and SystemExit says which did not come up."""
+    (RUN / "logs").mkdir(parents=True, exist_ok=True)
+    procs: list[ServiceProcess] = []
+    for svc in services or SERVICES:
+        report(f"starting {svc.name} on :{svc.port}")
+        proc = ServiceProcess(svc.module, {**base_env, **svc.env}, port=svc.port,
+                              log_path=RUN / "logs" / f"{svc.name}.log")
+        procs.append(proc)
+        try:
+            proc.start(wait_ready=svc.wait_ready, detach=detach)
+            proc.wait_up()
+        except (RuntimeError, TimeoutError) as exc:
+            stop_services(procs)
+            raise SystemExit(f"{svc.name} did not become ready: {exc}") from None
+    return procs
+
+
+def stop_services(procs: list[ServiceProcess]) -> None:
+    """SIGTERM each (newest first), SIGKILL after 30 s."""
+    for proc in reversed(procs):
+        proc.stop()
+
+
+def up(prefix: str, *, kafka: bool = True, report=say) -> dict:
+    """Start the local deployment detached (`loopline up`): the local broker (unless `kafka` is
+    False: then KAFKA_* name the cluster) and every service; what was started goes to STATE."""
+    if (state := read_state()) and any(pid_running(s["pid"], s["module"]) for s in state["services"].values()):
+        raise SystemExit(f"a deployment started by `loopline up` is running (see {STATE}); `loopline down` first")
+    kafka_started = False
+    if kafka:
+        kafka_started = not start_kafka()
+        report("started Kafka" if kafka_started else "Kafka already running")
+    bootstrap = local_bootstrap() if kafka else os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    base_env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "LOOPLINE_TOPIC_PREFIX": prefix}
+    try:
+        procs = start_services(base_env, detach=True, report=report)
+    except SystemExit:
+        if kafka_started:
+            stop_kafka()
+        raise
+    state = {"prefix": prefix, "bootstrap": bootstrap, "kafka_started": kafka_started,
+             "offline": str(RUN / "offline"), "started_at": datetime.now(UTC).isoformat(),
+             "services": {svc.name: {"pid": proc.proc.pid, "module": svc.module, "port": svc.port,
+                                     "url": proc.url, "log": str(proc.log_path)}
+                          for svc, proc in zip(SERVICES, procs)}}
+    STATE.write_text(json.dumps(state, indent=2))
+    return state
+
+
+def read_state() -> dict | None:
+    """What `loopline up` started (STATE), or None."""
+    try:
+        return json.loads(STATE.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def down(*, keep_kafka: bool = False, report=say) -> list[str]:
+    """Stop what `up` started (newest service first; SIGTERM, SIGKILL after 30 s) and the broker if
+    `up` started it; returns the names of the services that were running."""
+    state = read_state()
+    if state is None:
+        report(f"nothing to stop: no {STATE}")
+        return []
+    stopped = []
+    for name, svc in reversed(list(state["services"].items())):
+        if stop_pid(svc["pid"], svc["module"]):
+            report(f"stopped {name} (pid {svc['pid']})")
+            stopped.append(name)
+    if state.get("kafka_started") and not keep_kafka:
+        report("stopping Kafka")
+        stop_kafka()
+    STATE.unlink(missing_ok=True)
+    return stopped
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=20_000, help="transactions to send")
@@ -150,24 +255,14 @@ def main() -> int:
     parser.add_argument("--prefix", default=f"demo{int(time.time())}.", help="topic prefix of this run")
     args = parser.parse_args()
 
-    (RUN / "logs").mkdir(parents=True, exist_ok=True)
-    kafka_was_up = subprocess.run([str(KAFKA_SH), "status"], check=False).returncode == 0
+    kafka_was_up = kafka_running()
     say("Kafka already running" if kafka_was_up else "starting Kafka")
-    subprocess.run([str(KAFKA_SH), "start"], check=True)
-    bootstrap = f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"
+    start_kafka()
+    bootstrap = local_bootstrap()
     base_env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "LOOPLINE_TOPIC_PREFIX": args.prefix}
     procs: list[ServiceProcess] = []
     try:
-        for svc in SERVICES:
-            say(f"starting {svc.name} on :{svc.port}")
-            proc = ServiceProcess(svc.module, {**base_env, **svc.env}, port=svc.port,
-                                  log_path=RUN / "logs" / f"{svc.name}.log")
-            procs.append(proc)
-            try:
-                proc.start(wait_ready=svc.wait_ready)
-                proc.wait_up()
-            except (RuntimeError, TimeoutError) as exc:
-                raise SystemExit(f"{svc.name} did not become ready: {exc}") from None
+        procs = start_services(base_env)
         say(f"all services ready; topics prefixed '{args.prefix}'; logs in .run/logs/")
         cmd = [sys.executable, "examples/fraud/generate.py", "--events", str(args.events),
                "--ingest-url", "http://127.0.0.1:8001"]
@@ -195,11 +290,10 @@ def main() -> int:
                 pass
         return 0
     finally:
-        for proc in reversed(procs):
-            proc.stop()
+        stop_services(procs)
         say("services stopped")
         if not kafka_was_up:
-            subprocess.run([str(KAFKA_SH), "stop"], check=False)
+            stop_kafka()
 
 
 if __name__ == "__main__":

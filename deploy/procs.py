@@ -107,10 +107,12 @@ class ServiceProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self, wait_ready: bool = True) -> ServiceProcess:
+    def start(self, wait_ready: bool = True, detach: bool = False) -> ServiceProcess:
+        """Start the process; `detach`: in a session of its own, so it outlives this process and a
+        Ctrl-C in this terminal does not reach it (stop it with `stop_pid`)."""
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", self.module], cwd=ROOT, env=self.env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=detach)
         if wait_ready:
             self.wait_ready()
         return self
@@ -150,6 +152,33 @@ class ServiceProcess:
 
     def tail(self, n: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+
+def pid_running(pid: int, module: str) -> bool:
+    """Whether `pid` is a live `python -m <module>` (a pid file may outlive its process, and the pid
+    be reused by another program)."""
+    if not _alive(pid):
+        return False
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"-m" in args and module.encode() in args
+
+
+def stop_pid(pid: int, module: str, timeout: float = 30.0) -> bool:
+    """SIGTERM a `python -m <module>` process that is not our child, SIGKILL after `timeout`; False
+    if it was not running."""
+    if not pid_running(pid, module):
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            deadline = float("inf")
+        time.sleep(0.1)
+    return True
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:

@@ -138,6 +138,20 @@ def derived_event_id(topic: str, partition: int, offset: int) -> str:
     return _uuid_str(hashlib.sha1(_NS_BYTES + f"{topic}:{partition}:{offset}".encode()).digest()[:16], 5)
 
 
+def input_of(value: Any, kind: Literal["event", "label"]) -> Any:
+    """What a client would have sent for a record read back from Kafka: an `Event` envelope (from
+    `events`) as its fields plus `event_id`, a `Label` record (from `labels`) as `{event_id, value,
+    observed_at, entity}`; anything else (a raw record, already in that shape) unchanged."""
+    if not isinstance(value, dict):
+        return value
+    if kind == "label" and value.get("type") == "label" and "target_event_id" in value:
+        return {"event_id": value["target_event_id"], "value": value["value"],
+                "observed_at": value["occurred_at"], "entity": value.get("entity")}
+    if kind == "event" and "data" in value and "event_id" in value and "type" in value:
+        return {**value["data"], "event_id": value["event_id"]}
+    return value
+
+
 def new_event_id() -> str:
     """A random (version 4) UUID string, as str(uuid.uuid4()) but ~3x cheaper."""
     return _uuid_str(os.urandom(16), 4)

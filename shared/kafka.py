@@ -6,7 +6,8 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -318,3 +319,46 @@ async def lags(consumer: AIOKafkaConsumer, parts: Iterable[TopicPartition] | Non
         done = await consumer.position(tp) if fetched else (await consumer.committed(tp) or 0)
         lag += max(0, ends[tp] - done)
     return lag
+
+
+async def topic_range(consumer: AIOKafkaConsumer, topic: str, start: datetime | None = None,
+                      end: datetime | None = None, from_offset: int | None = None, to_offset: int | None = None,
+                      partitions: Iterable[int] | None = None) -> dict[TopicPartition, tuple[int, int]]:
+    """Per partition [first, last) offsets of a range of a topic: by record timestamps (start, end
+    exclusive) and/or by offsets (from_offset, to_offset inclusive, the same for every partition);
+    only `partitions` if given. Partitions with nothing in range are left out."""
+    parts = [TopicPartition(topic, p) for p in sorted(await partitions_of(consumer, topic))
+             if partitions is None or p in set(partitions)]
+    first = await consumer.beginning_offsets(parts)
+    last = await consumer.end_offsets(parts)
+    lo, hi = dict(first), dict(last)
+    if start is not None:
+        found = await consumer.offsets_for_times({tp: int(start.timestamp() * 1000) for tp in parts})
+        lo = {tp: (found[tp].offset if found[tp] else last[tp]) for tp in parts}
+    if end is not None:
+        found = await consumer.offsets_for_times({tp: int(end.timestamp() * 1000) for tp in parts})
+        hi = {tp: (found[tp].offset if found[tp] else last[tp]) for tp in parts}
+    if from_offset is not None:
+        lo = {tp: max(lo[tp], from_offset) for tp in parts}
+    if to_offset is not None:
+        hi = {tp: min(hi[tp], to_offset + 1) for tp in parts}
+    return {tp: (lo[tp], hi[tp]) for tp in parts if lo[tp] < hi[tp]}
+
+
+async def read_range(consumer: AIOKafkaConsumer,
+                     bounds: Mapping[TopicPartition, tuple[int, int]]) -> AsyncIterator[ConsumerRecord]:
+    """The records within `topic_range` bounds, in offset order per partition."""
+    consumer.assign(list(bounds))
+    for tp, (lo, _) in bounds.items():
+        consumer.seek(tp, lo)
+    remaining = set(bounds)
+    while remaining:
+        batch = await consumer.getmany(*remaining, timeout_ms=1000)
+        for tp, recs in batch.items():
+            hi = bounds[tp][1]
+            for r in recs:
+                if r.offset >= hi:
+                    break
+                yield r
+            if recs and recs[-1].offset + 1 >= hi:
+                remaining.discard(tp)

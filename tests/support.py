@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
+import pandas as pd
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.structs import RecordMetadata
 
@@ -102,3 +104,17 @@ def exported_metrics() -> dict[str, set[str]]:
                 if family.name.startswith(f"loopline_{service}_"):
                     out[family.name] = set()
     return out
+def fraud_offline_store(root: Path, n: int = 1500, drift_at: int | None = 750) -> pd.DataFrame:
+    """An offline store of n fraud training examples (the generator's events through the real feature
+    engine, a drift at `drift_at`), written by the store's writer as the feature worker's offline writer
+    writes it (two parts, a row repeated in both); returns what a reader gets back."""
+    from examples.fraud.training import fraud_spec, fraud_training_examples
+    from shared.offline import LocalParquetStore, flatten
+
+    spec = fraud_spec()
+    store = LocalParquetStore(root, spec)
+    rows = [flatten(spec, "training_examples", e) for e in fraud_training_examples(n, drift_at=drift_at)]
+    half = len(rows) // 2
+    store.write("training_examples", rows[:half + 1], "p0-000000000000-000000000100")
+    store.write("training_examples", rows[half:], "p1-000000000000-000000000100")
+    return store.read("training_examples")

@@ -26,7 +26,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +36,8 @@ from services.ingest.app import limits_of
 from services.ingest.config import IngestSettings
 from services.ingest.domain import Kind, to_outgoing
 from shared.errors import ValidationFailed
-from shared.events import EventValidator, derived_event_id
-from shared.kafka import make_consumer, make_producer, partitions_of
+from shared.events import EventValidator, derived_event_id, input_of
+from shared.kafka import make_consumer, make_producer, read_range, topic_range
 from shared.serialization import loads, parse_time, utcnow
 from shared.spec import load_spec
 from shared.topics import Topics
@@ -82,20 +81,13 @@ class Progress:
 def raw_item(src: Source, kind: Kind) -> Any:
     """What a client would have sent for a replayed record: records read back from `events` or
     `labels` are turned into their input shape (event fields + event_id; LabelIn)."""
-    value = src.value
+    value = input_of(src.value, kind)
     if not isinstance(value, dict):
         return value
-    if kind == "label":
-        if value.get("type") == "label" and "target_event_id" in value:
-            value = {"event_id": value["target_event_id"], "value": value["value"],
-                     "observed_at": value["occurred_at"], "entity": value.get("entity")}
-        if not value.get("observed_at"):
-            raise ValidationFailed([{"field": "observed_at", "code": "missing", "reason": (
-                "a replayed label needs observed_at: without it the label counts as observed now and is "
-                "dead-lettered as late when its event is older than the spec's label.max_delay")}])
-        return value
-    if "data" in value and "event_id" in value and "type" in value:
-        return {**value["data"], "event_id": value["event_id"]}  # an Event envelope from the events topic
+    if kind == "label" and not value.get("observed_at"):
+        raise ValidationFailed([{"field": "observed_at", "code": "missing", "reason": (
+            "a replayed label needs observed_at: without it the label counts as observed now and is "
+            "dead-lettered as late when its event is older than the spec's label.max_delay")}])
     return value
 
 
@@ -131,48 +123,15 @@ def _plain(v: Any) -> Any:
     return v
 
 
-async def topic_range(consumer: AIOKafkaConsumer, topic: str, start: datetime | None, end: datetime | None,
-                      from_offset: int | None, to_offset: int | None) -> dict[TopicPartition, tuple[int, int]]:
-    """Per partition [first, last) offsets: by record timestamps (start/end) or by offsets."""
-    parts = [TopicPartition(topic, p) for p in sorted(await partitions_of(consumer, topic))]
-    first = await consumer.beginning_offsets(parts)
-    last = await consumer.end_offsets(parts)
-    lo, hi = dict(first), dict(last)
-    if start is not None:
-        found = await consumer.offsets_for_times({tp: int(start.timestamp() * 1000) for tp in parts})
-        lo = {tp: (found[tp].offset if found[tp] else last[tp]) for tp in parts}
-    if end is not None:
-        found = await consumer.offsets_for_times({tp: int(end.timestamp() * 1000) for tp in parts})
-        hi = {tp: (found[tp].offset if found[tp] else last[tp]) for tp in parts}
-    if from_offset is not None:
-        lo = {tp: max(first[tp], from_offset) for tp in parts}
-    if to_offset is not None:
-        hi = {tp: min(last[tp], to_offset + 1) for tp in parts}
-    return {tp: (lo[tp], hi[tp]) for tp in parts if lo[tp] < hi[tp]}
-
-
-async def read_range(consumer: AIOKafkaConsumer,
-                     bounds: dict[TopicPartition, tuple[int, int]]) -> AsyncIterator[Source]:
-    """The records within the bounds, partition by partition order preserved."""
-    consumer.assign(list(bounds))
-    for tp, (lo, _) in bounds.items():
-        consumer.seek(tp, lo)
-    remaining = set(bounds)
-    while remaining:
-        batch = await consumer.getmany(*remaining, timeout_ms=1000)
-        for tp, recs in batch.items():
-            hi = bounds[tp][1]
-            for r in recs:
-                if r.offset >= hi:
-                    break
-                try:
-                    value = loads(r.value) if r.value is not None else None
-                except ValueError:
-                    value = r.value
-                yield Source(value, f"{tp.topic}[{tp.partition}]@{r.offset}",
-                             derived_event_id(tp.topic, tp.partition, r.offset))
-            if recs and recs[-1].offset + 1 >= hi:
-                remaining.discard(tp)
+async def read_sources(consumer: AIOKafkaConsumer,
+                       bounds: dict[TopicPartition, tuple[int, int]]) -> AsyncIterator[Source]:
+    """The records within the bounds (shared.kafka.read_range) as replay sources."""
+    async for r in read_range(consumer, bounds):
+        try:
+            value = loads(r.value) if r.value is not None else None
+        except ValueError:
+            value = r.value
+        yield Source(value, f"{r.topic}[{r.partition}]@{r.offset}", derived_event_id(r.topic, r.partition, r.offset))
 
 
 async def replay(args: argparse.Namespace, settings: IngestSettings) -> int:
@@ -218,7 +177,7 @@ async def replay(args: argparse.Namespace, settings: IngestSettings) -> int:
                 bounds = await topic_range(consumer, topics[args.topic], start, end,
                                            args.from_offset, args.to_offset)
                 progress = Progress(sum(hi - lo for lo, hi in bounds.values()))
-                async for src in read_range(consumer, bounds):
+                async for src in read_sources(consumer, bounds):
                     await handle(src)
             finally:
                 await consumer.stop()

@@ -1,5 +1,5 @@
 """The monitor's pure logic: live windows against a model version's reference statistics (binned
-sketches, constant memory per input), their drift statistics (scipy), concept-drift detectors
+sketches, constant memory per input), their drift statistics (shared.drift), concept-drift detectors
 (river), rolling performance and bias by segment (the trainer's own holdout metrics), train/serve
 skew, and the alert book that turns statistics into firing and resolved alerts with hysteresis.
 Nothing here touches Kafka or the clock (times are passed in)."""
@@ -16,51 +16,13 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from scipy import special, stats
 
+from shared.drift import SHARE_FLOOR, chi2_binned, ks_binned, psi  # noqa: F401 (the statistics live in shared)
 from shared.events import Alert
 from shared.modeling import Predictions, bin_counts, encode_label, higher_is_better, holdout_metrics
 from shared.spec import DriftSpec, PipelineSpec
 
-KS_EXACT_MAX_N = 10_000  # effective sample sizes above use the asymptotic Kolmogorov distribution
-SHARE_FLOOR = 1e-4  # PSI's shares are floored here: an empty bin on one side would make it infinite
 MISSING = "<missing>"
-
-
-# ---------------------------------------------------------------- drift statistics over bins
-
-def psi(reference: np.ndarray, current: np.ndarray) -> float:
-    """Population stability index of two histograms over the same bins (counts or shares):
-    sum (q - p) ln(q / p) = KL(q||p) + KL(p||q), shares floored at SHARE_FLOOR."""
-    p = np.maximum(reference / max(reference.sum(), 1e-300), SHARE_FLOOR)
-    q = np.maximum(current / max(current.sum(), 1e-300), SHARE_FLOOR)
-    return float(np.sum(special.rel_entr(q, p) + special.rel_entr(p, q)))
-
-
-def ks_binned(reference: np.ndarray, current: np.ndarray, n_ref: float, n_cur: float) -> tuple[float, float]:
-    """Two-sample Kolmogorov-Smirnov distance of two histograms over the same ordered bins (the
-    largest CDF gap at a bin edge: the exact D restricted to the edges, so never above it) and its
-    p-value (scipy's kstwo with the effective sample size n·m/(n+m), kstwobign above 10,000)."""
-    if n_ref <= 0 or n_cur <= 0:
-        return 0.0, 1.0
-    gap = np.abs(np.cumsum(reference) / reference.sum() - np.cumsum(current) / current.sum())
-    d = float(gap.max())
-    en = max(1, round(n_ref * n_cur / (n_ref + n_cur)))
-    if en <= KS_EXACT_MAX_N:
-        return d, float(stats.kstwo.sf(d, en))
-    # beyond, the limiting Kolmogorov distribution (what kstwo tends to; its exact sf costs tens of ms)
-    return d, float(stats.kstwobign.sf(d * math.sqrt(en)))
-
-
-def chi2_binned(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
-    """Chi-square test of homogeneity of two category histograms (scipy's chi2_contingency; bins
-    empty on both sides dropped). Returns the statistic and its p-value."""
-    table = np.vstack([reference, current])
-    table = table[:, table.sum(axis=0) > 0]
-    if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():
-        return 0.0, 1.0
-    result = stats.chi2_contingency(table, correction=False)
-    return float(result.statistic), float(result.pvalue)
 
 
 class Sketch:
