@@ -20,7 +20,8 @@ from typing import Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+
+from shared.http import Problem
 
 SCOPES = frozenset({"events:write", "predict", "admin"})
 
@@ -88,10 +89,6 @@ class ApiKeys:
             return {}
         return {401: {"model": Problem, "description": "No API key sent"},
                 403: {"model": Problem, "description": "The key is unknown or lacks the route's scope"}}
-
-
-class Problem(BaseModel):
-    detail: str
 
 
 # Documentation only (auto_error=False): `check` reads the headers itself, with the same rules.

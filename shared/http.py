@@ -13,6 +13,26 @@ from shared.errors import LooplineError
 from shared.metrics import render
 
 
+class Problem(BaseModel):
+    """An error answer: what went wrong, in words."""
+
+    detail: str
+
+
+class Rejection(BaseModel):
+    index: int | None = Field(None, description="Which record of a batch (absent for a single record)")
+    field: str
+    reason: str
+    code: str
+
+
+class Rejected(BaseModel):
+    """A 422 answer: field, reason and code per problem."""
+
+    detail: str
+    rejected: list[Rejection]
+
+
 class BodyTooLarge(LooplineError):
     """A request body over the limit (answer 413)."""
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from services.ingest.domain import BadRequest, Checked, Rejection, check_events, check_labels, decode_body
+from shared.auth import ApiKeys
 from shared.errors import KafkaUnavailable
-from shared.http import BodyTooLarge, ops_router, read_body
+from shared.http import BodyTooLarge, Problem, ops_router, read_body
 from shared.serialization import utcnow
 
 
@@ -32,10 +33,6 @@ class IngestResult(BaseModel):
     accepted: int
     event_ids: list[str] = Field(description="Ids of the accepted records, in request order")
     rejected: list[RejectionOut]
-
-
-class Problem(BaseModel):
-    detail: str
 
 
 def _event_schema(ctx: Any) -> dict[str, Any]:
@@ -70,6 +67,8 @@ def build_router(ctx: Any) -> APIRouter:
     """Routes bound to one app's context (settings, validator, publisher, metrics)."""
     router = APIRouter()
     settings, metrics = ctx.settings, ctx.metrics
+    keys = ApiKeys(settings.api_keys)
+    write_scope = [Depends(keys.require("events:write"))]
 
     async def ingest(request: Request, kind: str, check) -> Response:
         started = time.perf_counter()
@@ -125,13 +124,13 @@ def build_router(ctx: Any) -> APIRouter:
         503: {"model": Problem, "description": "Kafka unavailable; nothing accepted; see Retry-After"},
     }
 
-    @router.post("/v1/events", status_code=202, responses=responses,
+    @router.post("/v1/events", status_code=202, responses={**responses, **keys.responses}, dependencies=write_scope,
                  openapi_extra=_body_doc(_event_schema(ctx), settings.max_record_bytes),
                  summary="Send one event or a batch (JSON array or NDJSON)")
     async def post_events(request: Request) -> Response:
         return await ingest(request, "event", check_events)
 
-    @router.post("/v1/labels", status_code=202, responses=responses,
+    @router.post("/v1/labels", status_code=202, responses={**responses, **keys.responses}, dependencies=write_scope,
                  openapi_extra=_body_doc(ctx.validator.label_input_schema(), settings.max_record_bytes),
                  summary="Send outcomes for earlier events (one or a batch)")
     async def post_labels(request: Request) -> Response:

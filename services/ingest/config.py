@@ -13,6 +13,9 @@ class IngestSettings(ServiceSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8001, ge=1, le=65535)
+    api_keys: list[str] = Field(
+        default_factory=list, description="'<sha256 of the key>:events:write' entries (python -m shared.auth "
+                                          "events:write); none: the write routes are open")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Larger bodies get 413")
     max_batch_events: int = Field(10_000, ge=1, description="More events in one request get 413")
     produce_timeout_s: float = Field(10.0, gt=0, description="Broker ack wait before answering 503")

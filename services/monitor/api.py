@@ -16,7 +16,7 @@ from services.monitor.service import Monitor
 from services.monitor.webhooks import SubscriptionLimit, UrlRefused, Webhooks, secret_problem
 from shared.auth import ApiKeys
 from shared.events import AlertKind, Severity, Subscription, validation_errors
-from shared.http import BodyTooLarge, ops_router, read_body
+from shared.http import BodyTooLarge, Problem, Rejected, ops_router, read_body
 from shared.serialization import loads, utcnow
 from shared.spec import Name
 from shared.stream import StreamApp
@@ -67,21 +67,6 @@ class SubscriptionCreated(SubscriptionPublic):
 
 class SubscriptionList(BaseModel):
     subscriptions: list[SubscriptionPublic]
-
-
-class Rejection(BaseModel):
-    field: str
-    reason: str
-    code: str
-
-
-class Rejected(BaseModel):
-    detail: str
-    rejected: list[Rejection]
-
-
-class Problem(BaseModel):
-    detail: str
 
 
 def public(sub: Subscription) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from services.serving.domain import decision, in_canary, iso, log_key, predictio
 from services.serving.models import Deployment, Loaded
 from shared.errors import ScoringError, ValidationFailed
 from shared.events import new_event_id
-from shared.http import BodyTooLarge, ops_router, read_body
+from shared.http import BodyTooLarge, Problem, Rejected, ops_router, read_body
 from shared.kafka import OutRecord
 from shared.scoring import Scored
 from shared.serialization import dumps, loads, utcnow
@@ -46,22 +46,6 @@ class PredictionOut(BaseModel):
 
 class BatchOut(BaseModel):
     predictions: list[PredictionOut]
-
-
-class Rejection(BaseModel):
-    index: int
-    field: str
-    reason: str
-    code: str
-
-
-class Rejected(BaseModel):
-    detail: str
-    rejected: list[Rejection]
-
-
-class Problem(BaseModel):
-    detail: str
 
 
 class _Row(NamedTuple):

@@ -18,7 +18,7 @@ from services.serving.metrics import ServingMetrics
 from shared.kafka import OutRecord, send_batched
 
 log = logging.getLogger(__name__)
-BATCH = 2000  # records per send
+BATCH = 20_000  # records per send (one send in flight: the batch bounds the log's throughput)
 STALL_S = 30.0  # /readyz fails when records have waited this long without one send succeeding
 
 

@@ -11,12 +11,8 @@ from pydantic import BaseModel, Field, ValidationError
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.service import Trainer
 from shared.auth import ApiKeys
-from shared.http import ops_router
+from shared.http import Problem, ops_router
 from shared.stream import StreamApp
-
-
-class Problem(BaseModel):
-    detail: str
 
 
 class StageChange(BaseModel):

@@ -14,7 +14,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from shared.events import Event, Label, derived_event_id
 from shared.kafka import header_dict
 from shared.serialization import dumps, loads
-from tests.data import fraud_text, txn, wire
+from tests.data import fraud_text, label, txn, wire
 from tests.support import ServiceProcess, free_port, produce, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
@@ -347,4 +347,22 @@ async def test_a_bridge_that_cannot_produce_fails_readiness_and_stops_promptly(
         assert sorted(event_ids(events)) == ["ev-1", "ev-2"]
     finally:
         await producer.stop()
+        svc.stop()
+
+
+async def test_with_keys_configured_writes_need_the_events_write_scope(service_env, topics, kafka, tmp_path):
+    from shared.auth import hash_key
+
+    keys = f'["{hash_key("writer-key")}:events:write", "{hash_key("reader-key")}:predict"]'
+    svc = ServiceProcess("services.ingest", {**service_env, "INGEST_PORT": str(port := free_port()),
+                                              "INGEST_API_KEYS": keys}, port=port, log_dir=tmp_path).start()
+    try:
+        assert httpx.post(f"{svc.url}/v1/events", json=txn(1)).status_code == 401
+        assert httpx.post(f"{svc.url}/v1/events", json=txn(2), headers={"x-api-key": "reader-key"}).status_code == 403
+        assert httpx.post(f"{svc.url}/v1/labels", json=label("ev-1"), headers={"x-api-key": "nope"}).status_code == 403
+        r = httpx.post(f"{svc.url}/v1/events", json=txn(3), headers={"authorization": "Bearer writer-key"})
+        assert r.status_code == 202 and r.json()["event_ids"] == ["ev-3"]
+        assert httpx.get(f"{svc.url}/readyz").status_code == 200  # operations stay open
+        assert [wire(r.value, Event)["event_id"] for r in await read_topic(kafka, topics["events"], expect=1)] == ["ev-3"]
+    finally:
         svc.stop()
