@@ -105,7 +105,10 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             tasks: list[asyncio.Task[Any]] = []
             try:
                 await ensure_topics(settings.kafka, topics, [topics["models"], topics["predictions"], topics["events"]])
-                ctx.producer = make_producer(settings.kafka)
+                # aiokafka queues one batch per partition and has one request in flight: when requests keep
+                # the event loop busy a round trip takes long, so the log moves ~1 MB a partition per trip
+                # (the broker's default message.max.bytes is 1 MiB + 12)
+                ctx.producer = make_producer(settings.kafka, max_batch_size=1_000_000, max_request_size=16 << 20)
                 await ctx.producer.start()
                 registry, offsets = await read_registry(settings.kafka, topics["models"])
                 ctx.registry = registry

@@ -7,6 +7,7 @@ not drained for a while, so an operator sees it. Nothing is dropped silently."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
@@ -29,12 +30,18 @@ class PredictionLog:
         self._ready = asyncio.Event()
         self.last_sent = time.monotonic()
         self.failing = ""
+        self.full_since = 0.0  # when the buffer last became full (0: not full)
 
     def put(self, record: OutRecord) -> bool:
         """Queue a record; False (and counted) if the buffer is full."""
         if len(self._buffer) >= self.capacity:
             self.metrics.log_undelivered.inc()
+            if not self.full_since:
+                self.full_since = time.monotonic()
+                log.error("prediction log buffer full: predictions are dropped (counted in "
+                          "loopline_serving_log_undelivered_total) until it drains", extra={"capacity": self.capacity})
             return False
+        self.full_since = 0.0
         self._buffer.append(record)
         self._ready.set()
         return True
@@ -61,7 +68,7 @@ class PredictionLog:
                 await self._ready.wait()
             if len(self._buffer) < BATCH:  # gather a batch: one produce request per linger, not per request
                 await asyncio.sleep(self.linger_s)
-            batch = [self._buffer[i] for i in range(min(BATCH, len(self._buffer)))]
+            batch = list(itertools.islice(self._buffer, BATCH))  # (indexing a deque's middle is O(n))
             try:
                 sent = await asyncio.wait_for(send_batched(producer, batch), timeout_s)
                 await asyncio.wait_for(asyncio.gather(*sent), timeout_s)
