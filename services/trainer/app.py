@@ -19,7 +19,7 @@ from services.trainer.service import Trainer
 from services.trainer.streams import AlertStream, ExampleStream
 from shared.auth import ApiKeys
 from shared.registry import Registry, follow_registry
-from shared.kafka import make_consumer, partitions_of
+from shared.kafka import make_consumer, partitions_of, read_range
 from shared.spec import load_spec
 from shared.stream import StreamApp
 from shared.topics import Topics
@@ -93,23 +93,11 @@ async def prefill(trainer: Trainer, settings: TrainerSettings, topics: Topics) -
         bounds = {tp: (max(begins[tp], ends[tp] - share), ends[tp]) for tp in parts if ends[tp] > begins[tp]}
         if not bounds:
             return
-        consumer.assign(list(bounds))
-        for tp, (lo, _) in bounds.items():
-            consumer.seek(tp, lo)
-        remaining = set(bounds)
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000)
-            for tp, records in batch.items():
-                for r in records:
-                    if r.offset >= bounds[tp][1]:
-                        break
-                    try:
-                        trainer.window.add(decode_example(trainer.spec, r.value))
-                    except Rejected:
-                        pass  # the stream dead-letters it when it reads it
-                if records and records[-1].offset + 1 >= bounds[tp][1]:
-                    remaining.discard(tp)
-            await asyncio.sleep(0)
+        async for r in read_range(consumer, bounds):
+            try:
+                trainer.window.add(decode_example(trainer.spec, r.value))
+            except Rejected:
+                pass  # the stream dead-letters it when it reads it
         log.info("training window prefilled", extra={"examples": len(trainer.window)})
         trainer.metrics.window_examples.set(len(trainer.window))
         if trainer.first_fit_due():
