@@ -84,3 +84,11 @@ def test_every_dashboard_query_names_an_exported_metric():
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     for topic in ("lag", "throughput", "latency", "freshness", "drift", "live model metric", "alerts"):
         assert topic in titles
+
+
+@pytest.mark.parametrize("service,scope", [("ingest", "events:write"), ("trainer", "admin"), ("serving", "predict"),
+                                           ("monitor", "admin")])
+def test_api_keys_are_on_in_compose_and_must_be_given(service, scope):
+    value = COMPOSE["services"][service]["environment"][f"{service.upper()}_API_KEYS"]
+    # ${VAR:?message}: compose refuses to start without the keys rather than serve the routes open
+    assert re.fullmatch(r"\$\{LOOPLINE_%s_API_KEYS:\?[^}]*%s[^}]*\}" % (service.upper(), scope), value), value
