@@ -79,6 +79,8 @@ How it is measured:
    the pipeline's predict_proba in this process (within 1e-9); for Loopline also its features against
    the feature engine's request-time features (shared.features.FeatureStore.snapshot) of a replica of the
    same history.
+ * Before each timed run Loopline's prediction log is drained (its /metrics: nothing pending), so a run does
+   not pay for the previous run's backlog; the peers keep nothing to drain.
  * Load: wrk, closed loop, keep-alive: 1 connection with 1 thread (-t1 -c1), 16 connections with 2
    threads (-t2 -c16); WARMUP s of 16 connections (one row, then 100 rows) after start, then DURATION s
    per (connections, rows). p50/p99 from wrk --latency; requests/s = wrk's. Any non-2xx answer or
@@ -536,6 +538,24 @@ class Target:
     body: Callable[[Requests, list[str], list[str], int], bytes]
     scores: Callable[[Any, int], list[float]]
     extra_pids: Callable[[], dict[str, int | None]] = field(default=dict)
+    # before each timed run: wait until work the previous run left behind is done (Loopline: its log)
+    settle: Callable[[str], None] = field(default=lambda url: None)
+
+
+def log_drained(url: str, timeout_s: float = 120.0) -> None:
+    """Until Loopline serving's prediction log has nothing pending (its /metrics), so a timed run does
+    not pay for the previous run's backlog (the peers have nothing of the kind to wait for)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = httpx.get(f"{url}/metrics", timeout=5).text
+        pending = next((s.value for f in text_string_to_metric_families(text) for s in f.samples
+                        if s.name == "loopline_serving_log_pending"), 0.0)
+        if pending == 0:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"the prediction log still had records pending after {timeout_s:.0f} s")
 
 
 class Bench:
@@ -595,6 +615,7 @@ class Bench:
                 self.untimed[target.name] += r["requests"] * n
             for connections in a.connections:
                 for n in (1, a.batch_rows):
+                    target.settle(url)
                     r = run_wrk(self.wrk, url + target.path(n), scripts[n], connections, a.duration, pids,
                                 {"server"})
                     if not server_alive(server):
@@ -1028,7 +1049,7 @@ def main(argv: list[str] | None = None) -> int:
                 loopline.prepare()
                 targets[name] = Target(name, loopline.start,
                                        lambda n: "/v1/predict" if n == 1 else "/v1/predict/batch",
-                                       body_loopline, scores_loopline, loopline.pids)
+                                       body_loopline, scores_loopline, loopline.pids, settle=log_drained)
             bench.measure(targets[name])
         except (RuntimeError, TimeoutError, httpx.HTTPError, KeyError, ValueError) as exc:
             bench.errors[name] = f"{type(exc).__name__}: {exc}"
