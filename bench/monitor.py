@@ -40,6 +40,7 @@ from bench.common import (
     ROOT, CpuMeter, GroupOffsets, OffsetWatcher, broker_pid, event_loop_runner, machine, machine_busy_s, proc_cpu_s,
     require_kafka, sigterm_as_exit, table, unique_prefix,
 )
+from shared.metrics import metric_value
 
 SPEC_PATH = ROOT / "examples" / "fraud" / "pipeline.yaml"
 MODEL_NAME, MODEL_VERSION = "logreg", 1  # the fraud spec's scikit-learn logistic regression
@@ -304,15 +305,6 @@ def part_a(args: argparse.Namespace, ch: Champion, work: Path) -> dict[str, Any]
             "alerts": alerts, "log": str(proc.log_path)}
 
 
-def metric_value(text: str, name: str, **labels: str) -> float | None:
-    """One sample of a Prometheus exposition text (labels in any order), or None."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return None
 
 
 async def _end(kafka, topic: str) -> int:

@@ -545,14 +545,11 @@ class Target:
 def log_drained(url: str, timeout_s: float = 120.0) -> None:
     """Until Loopline serving's prediction log has nothing pending (its /metrics), so a timed run does
     not pay for the previous run's backlog (the peers have nothing of the kind to wait for)."""
-    from prometheus_client.parser import text_string_to_metric_families
+    from shared.metrics import metric_value
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        text = httpx.get(f"{url}/metrics", timeout=5).text
-        pending = next((s.value for f in text_string_to_metric_families(text) for s in f.samples
-                        if s.name == "loopline_serving_log_pending"), 0.0)
-        if pending == 0:
+        if not metric_value(httpx.get(f"{url}/metrics", timeout=5).text, "loopline_serving_log_pending"):
             return
         time.sleep(0.2)
     raise TimeoutError(f"the prediction log still had records pending after {timeout_s:.0f} s")

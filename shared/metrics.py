@@ -49,3 +49,14 @@ def freeze_heap() -> None:
     collections walk only what was allocated since: call once startup's long-lived objects exist."""
     gc.collect()
     gc.freeze()
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in a Prometheus exposition text (labels in any order), or None."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None

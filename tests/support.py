@@ -13,6 +13,7 @@ from aiokafka.structs import RecordMetadata
 from deploy.free_ports import free_port  # noqa: F401  (re-exported for the tests)
 from deploy.procs import ROOT, Broker, ServiceProcess, wait_until  # noqa: F401  (likewise)
 from shared.kafka import make_consumer, make_producer, partitions_of
+from shared.metrics import metric_value  # noqa: F401  (re-exported for the tests)
 from shared.settings import KafkaSettings
 
 
@@ -58,15 +59,6 @@ async def produce(kafka: KafkaSettings, topic: str,
         await producer.stop()
 
 
-def metric_value(text: str, name: str, **labels: str) -> float | None:
-    """The value of one Prometheus sample in an exposition text (labels in any order), or None."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return None
 
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import struct
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from services.monitor.domain import (
     make_detector, metric_watch, skew, watched_statistic,
 )
 from services.monitor.metrics import MonitorMetrics
+from shared.errors import ValidationFailed
 from shared.events import Alert
 from shared.registry import Registry
 from shared.spec import PipelineSpec
@@ -56,7 +58,7 @@ class Monitor:
 
     def on_prediction(self, view: TableView, p: dict[str, Any]) -> list[Alert]:
         out: list[Alert] = []
-        self.clock = max(self.clock, _epoch(p.get("predicted_at")))
+        self._advance(_epoch(p.get("predicted_at")), "predicted_at")
         name, version, variant, event_id = p["model_name"], int(p["model_version"]), p["variant"], p["event_id"]
         if variant == "champion":
             out += self._drift(name, version, p)
@@ -120,7 +122,7 @@ class Monitor:
     # ------------------------------------------------------------------ labels (training examples)
 
     def on_example(self, view: TableView, ex: dict[str, Any]) -> list[Alert]:
-        self.clock = max(self.clock, _epoch(ex.get("labelled_at")))
+        self._advance(_epoch(ex.get("labelled_at")), "labelled_at")
         key = ex["event_id"].encode()
         data = ex.get("data") or {}
         label = {"y": label_of(self.spec, ex["label"]),
@@ -265,6 +267,14 @@ class Monitor:
         return [alert] if alert else []
 
     # ------------------------------------------------------------------ expiry
+
+    def _advance(self, t: float, name: str) -> None:
+        """Move the record clock to `t`; a time further ahead of the wall clock than max_future_s is
+        refused (dead-lettered), or one such record would expire every join entry waiting."""
+        if t > time.time() + self.settings.max_future_s:
+            raise ValidationFailed([{"field": name, "code": "future",
+                                     "reason": f"more than {self.settings.max_future_s:.0f} s in the future"}])
+        self.clock = max(self.clock, t)
 
     def _expire_at(self, view: TableView, kind: bytes, key: bytes, ttl_s: float) -> None:
         at = int((self.clock + ttl_s) * 1000)

@@ -56,3 +56,19 @@ def test_create_app_leaves_faust_s_sensor_monitor_alone(tmp_path):
     assert isinstance(app.monitor, faust.sensors.monitor.Monitor)  # the worker attaches it at start
     assert isinstance(app.analysis, Monitor)
     assert isinstance(app.analysis.metrics.registry, CollectorRegistry)
+
+
+def test_a_far_future_record_is_refused_and_does_not_move_the_join_clock():
+    import pytest
+
+    from shared.errors import ValidationFailed
+    from tests.data import DictKV
+
+    monitor, view = _monitor(), DictKV()
+    ex = {"event_id": "e1", "label": True, "data": {}, "labelled_at": "2026-12-01T00:00:00+00:00"}
+    monitor.on_example(view, ex)
+    clock = monitor.clock
+    with pytest.raises(ValidationFailed) as refused:
+        monitor.on_example(view, {**ex, "event_id": "e2", "labelled_at": "2099-01-01T00:00:00+00:00"})
+    assert refused.value.reason_code == "future" and monitor.clock == clock
+    assert view.get(b"le1") is not None  # what waited is still there
