@@ -40,7 +40,7 @@ test-unit: venv promtool ## Run the unit tests only (no Kafka)
 	$(PY) -m pytest -q tests/unit
 
 demo: venv kafka-fetch ## Kafka + all services + the fraud example's traffic, with progress
-	$(PY) -m deploy.local $(DEMO_ARGS)
+	$(PY) -m deploy.demo $(DEMO_ARGS)
 
 bench: venv kafka-fetch ## Run the benchmarks under bench/ against a throwaway Kafka
 	deploy/run-bench.sh

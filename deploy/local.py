@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import UTC, datetime
 
 import httpx
@@ -41,109 +42,31 @@ class Service:
     wait_ready: bool = True
 
 
-SERVICES = [
-    Service("ingest", "services.ingest", 8001, {"INGEST_PORT": "8001"}),
-    Service("features", "services.features", 8002, {
-        "FEATURES_PORT": "8002", "FEATURES_DATA_DIR": str(RUN / "features"),
-        "FEATURES_OFFLINE_URL": str(RUN / "offline")}),
-    Service("trainer", "services.trainer", 8003, {
-        "TRAINER_PORT": "8003", "TRAINER_DATA_DIR": str(RUN / "trainer"),
-        "TRAINER_ARTIFACT_URL": str(RUN / "artifacts")}),
-    # ready once a champion is loaded: the demo waits for it after training
-    Service("serving", "services.serving", 8004, {
-        "SERVING_PORT": "8004", "SERVING_DATA_DIR": str(RUN / "serving"), "SERVING_ARTIFACT_URL": str(RUN / "artifacts")},
-        wait_ready=False),
-    Service("monitor", "services.monitor", 8005, {"MONITOR_PORT": "8005", "MONITOR_DATA_DIR": str(RUN / "monitor")}),
-]
+def services(run: Path = RUN, ports: dict[str, int] | None = None) -> list[Service]:
+    """The five services with their data under `run`, on ports 8001-8005 unless `ports` says otherwise."""
+    port = {"ingest": 8001, "features": 8002, "trainer": 8003, "serving": 8004, "monitor": 8005, **(ports or {})}
+    return [
+        Service("ingest", "services.ingest", port["ingest"], {"INGEST_PORT": str(port["ingest"])}),
+        Service("features", "services.features", port["features"], {
+            "FEATURES_PORT": str(port["features"]), "FEATURES_DATA_DIR": str(run / "features"),
+            "FEATURES_OFFLINE_URL": str(run / "offline")}),
+        Service("trainer", "services.trainer", port["trainer"], {
+            "TRAINER_PORT": str(port["trainer"]), "TRAINER_DATA_DIR": str(run / "trainer"),
+            "TRAINER_ARTIFACT_URL": str(run / "artifacts")}),
+        # ready once a champion is loaded: the demo waits for it after training
+        Service("serving", "services.serving", port["serving"], {
+            "SERVING_PORT": str(port["serving"]), "SERVING_DATA_DIR": str(run / "serving"),
+            "SERVING_ARTIFACT_URL": str(run / "artifacts")}, wait_ready=False),
+        Service("monitor", "services.monitor", port["monitor"], {
+            "MONITOR_PORT": str(port["monitor"]), "MONITOR_DATA_DIR": str(run / "monitor")}),
+    ]
+
+
+SERVICES = services()
 
 
 def say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
-
-
-def show_champion(timeout: float = 300) -> None:
-    """Wait until the trainer has a champion and a version of every model in the spec, then show
-    the newest version of each."""
-    deadline = time.monotonic() + timeout
-    say("waiting for the trainer: a champion and a version of every model")
-    while time.monotonic() < deadline:
-        models = httpx.get("http://127.0.0.1:8003/v1/models", timeout=5).json()
-        newest = {v["name"]: v for v in models["versions"]}  # versions come ordered by name, version
-        champion = models["champion"]
-        if champion and len(newest) >= len(load_spec(os.environ.get("LOOPLINE_SPEC_PATH", SPEC)).models):
-            for v in newest.values():
-                shown = ", ".join(f"{k} {val:.3f}" for k, val in sorted(v["metrics"].items()))
-                say(f"model {v['name']} v{v['version']} ({v['library']}, {v['evaluation']}): {v['stage']}; {shown}")
-            say(f"champion: {champion['name']} v{champion['version']}")
-            return
-        time.sleep(2)
-    say("not every model has a version yet; see .run/logs/trainer.log")
-
-
-def serve_live(serving: ServiceProcess, n: int) -> None:
-    """Score `n` new transactions through serving (forwarded to `events`, as a client that makes
-    one call), then show latency, a sample answer and what the monitor sees."""
-    import statistics
-
-    sys.path.insert(0, str(ROOT / "examples" / "fraud"))
-    from generate import GeneratorConfig, generate
-
-    say("waiting for serving to load the champion and catch up with the feature state")
-    serving.wait_ready()
-    took, last = [], None
-    with httpx.Client(base_url=serving.url, timeout=10) as client:
-        start = datetime.fromtimestamp(time.time() - 2 * n - 60, UTC).isoformat()  # n events at 1/s: all past
-        stream = generate(GeneratorConfig(seed=7, events=n, start=start, rate_per_s=1.0))
-        for event, _label in stream:
-            started = time.perf_counter()
-            r = client.post("/v1/predict", params={"forward": "true"}, json=event)
-            took.append((time.perf_counter() - started) * 1000)
-            if r.status_code != 200:
-                say(f"serving answered {r.status_code}: {r.text[:300]}")
-                return
-            last = r.json()
-    took.sort()
-    say(f"{len(took)} live predictions: p50 {statistics.median(took):.2f} ms, "
-        f"p99 {took[int(len(took) * 0.99) - 1]:.2f} ms (one client, keep-alive)")
-    if last:
-        say(f"last answer: score {last['score']:.4f}, decision {last['decision']}, model {last['model']['name']} "
-            f"v{last['model']['version']}, state as of {last['staleness']['state_event_time']}")
-    alerts = httpx.get("http://127.0.0.1:8005/v1/alerts", timeout=5).json()["firing"]
-    say(f"monitor: {len(alerts)} alert(s) firing" + "".join(f"; {a['kind']} {a['subject']} {a['statistic']}="
-                                                           f"{a['value']:.3f}" for a in alerts[:5]))
-
-
-def wait_caught_up(bootstrap: str, prefix: str, timeout: float = 300) -> None:
-    """Until every event has its snapshot (and show progress while waiting)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        counts = asyncio.run(topic_counts(bootstrap, prefix, ["events", "features"]))
-        if counts["features"] >= counts["events"]:
-            return
-        say(f"features: {counts['features']}/{counts['events']} snapshots")
-        time.sleep(2)
-    say("the feature worker did not catch up in time; see .run/logs/features.log")
-
-
-async def topic_counts(bootstrap: str, prefix: str, names: list[str]) -> dict[str, int]:
-    """Records per topic (end minus start offsets over the catalogue's partitions)."""
-    from aiokafka import TopicPartition
-
-    from shared.kafka import make_consumer
-    from shared.settings import KafkaSettings
-    from shared.topics import CATALOGUE
-
-    consumer = make_consumer(KafkaSettings(bootstrap_servers=bootstrap), group_id=None)
-    await consumer.start()
-    try:
-        out = {}
-        for name in names:
-            parts = [TopicPartition(prefix + name, p) for p in range(CATALOGUE[name].partitions)]
-            ends, begins = await consumer.end_offsets(parts), await consumer.beginning_offsets(parts)
-            out[name] = sum(ends[p] - begins[p] for p in parts)
-        return out
-    finally:
-        await consumer.stop()
 
 
 def kafka_running() -> bool:
@@ -167,16 +90,16 @@ def local_bootstrap() -> str:
 
 
 def start_services(base_env: dict[str, str], *, detach: bool = False, services: list[Service] | None = None,
-                   report=say) -> list[ServiceProcess]:
+                   report=say, logs: Path = RUN / "logs") -> list[ServiceProcess]:
     """Start the services in order, each up (and ready where it waits for that) before the next;
     `detach`: in their own sessions, so they outlive this process (`loopline up`). On a failure the
     ones started are stopped and SystemExit says which did not come up."""
-    (RUN / "logs").mkdir(parents=True, exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
     procs: list[ServiceProcess] = []
     for svc in services or SERVICES:
         report(f"starting {svc.name} on :{svc.port}")
         proc = ServiceProcess(svc.module, {**base_env, **svc.env}, port=svc.port,
-                              log_path=RUN / "logs" / f"{svc.name}.log")
+                              log_path=logs / f"{svc.name}.log")
         procs.append(proc)
         try:
             proc.start(wait_ready=svc.wait_ready, detach=detach)
@@ -246,55 +169,3 @@ def down(*, keep_kafka: bool = False, report=say) -> list[str]:
     return stopped
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=20_000, help="transactions to send")
-    parser.add_argument("--drift-at", type=int, default=None, help="event index where a new fraud pattern starts")
-    parser.add_argument("--live", type=int, default=500, help="live transactions scored through serving")
-    parser.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
-    parser.add_argument("--prefix", default=f"demo{int(time.time())}.", help="topic prefix of this run")
-    args = parser.parse_args()
-
-    kafka_was_up = kafka_running()
-    say("Kafka already running" if kafka_was_up else "starting Kafka")
-    start_kafka()
-    bootstrap = local_bootstrap()
-    base_env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "LOOPLINE_TOPIC_PREFIX": args.prefix}
-    procs: list[ServiceProcess] = []
-    try:
-        procs = start_services(base_env)
-        say(f"all services ready; topics prefixed '{args.prefix}'; logs in .run/logs/")
-        cmd = [sys.executable, "examples/fraud/generate.py", "--events", str(args.events),
-               "--ingest-url", "http://127.0.0.1:8001"]
-        if args.drift_at is not None:
-            cmd += ["--drift-at", str(args.drift_at)]
-        say("sending the fraud example's transactions and labels: " + " ".join(cmd[1:]))
-        sent = subprocess.run(cmd, cwd=ROOT, env=base_env)
-        if sent.returncode != 0:
-            say("the traffic generator failed")
-            return sent.returncode
-        say("waiting for the feature worker to catch up")
-        wait_caught_up(bootstrap, args.prefix)
-        counts = asyncio.run(topic_counts(bootstrap, args.prefix, [
-            "events", "labels", "features", "training-examples", "events.dlq"]))
-        say("records per topic: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
-        say(f"offline store (Parquet): {RUN / 'offline'}")
-        show_champion()
-        serve_live(procs[SERVICES.index(next(s for s in SERVICES if s.name == "serving"))], args.live)
-        if args.keep:
-            say("running; Ctrl-C stops everything")
-            try:
-                while all(p.running for p in procs):
-                    time.sleep(1)
-            except KeyboardInterrupt:
-                pass
-        return 0
-    finally:
-        stop_services(procs)
-        say("services stopped")
-        if not kafka_was_up:
-            stop_kafka()
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

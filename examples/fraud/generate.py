@@ -12,7 +12,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import accumulate
@@ -37,8 +37,8 @@ _EPISODE_SIZE = {"card_testing": 6.5 + 0.6, "foreign_high": 2.0, "app_takeover":
 _PATTERNS_BEFORE = {"card_testing": 0.5, "foreign_high": 0.5}
 _PATTERNS_AFTER = {"app_takeover": 0.7, "card_testing": 0.15, "foreign_high": 0.15}
 # After drift_at legit behaviour shifts too (data drift): prices rise and more people pay via the app.
-_LEGIT_AMOUNT_DRIFT = 1.3
-_LEGIT_APP_SHIFT = 0.2
+_LEGIT_AMOUNT_DRIFT = 1.5
+_LEGIT_APP_SHIFT = 0.3
 _DAY_AMPLITUDE = 0.6  # traffic peaks mid-afternoon and is 40% of the mean at 3 a.m.
 
 
@@ -237,12 +237,15 @@ def interleave(stream: Iterable[tuple[dict, dict | None]]) -> Iterator[tuple[str
 
 # ---------------------------------------------------------------- CLI
 
-class _HttpSink:
-    """Posts events and labels in batches; retries 503 after Retry-After with the same ids."""
+class HttpSink:
+    """Posts events and labels to ingest in batches; retries 503 after Retry-After with the same ids.
+    Progress and rejections go to `log` (stderr by default)."""
 
     RETRY_BUDGET_S = 300.0
 
-    def __init__(self, url: str, batch: int, total_events: int):
+    def __init__(self, url: str, batch: int, total_events: int,
+                 log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)):
+        self.log = log
         self.client = httpx.Client(base_url=url.rstrip("/"), timeout=30.0,
                                    limits=httpx.Limits(max_connections=4, max_keepalive_connections=4))
         self.batch, self.total = batch, total_events
@@ -272,8 +275,8 @@ class _HttpSink:
         now = time.monotonic()
         if now - self.last_progress >= 2.0:
             self.last_progress = now
-            print(f"sent {self.sent['event']}/{self.total} events, {self.sent['label']} labels, "
-                  f"{self.sent['event'] / (now - self.started):.0f} ev/s", file=sys.stderr)
+            self.log(f"sent {self.sent['event']}/{self.total} events, {self.sent['label']} labels, "
+                     f"{self.sent['event'] / (now - self.started):.0f} ev/s")
 
     def _post(self, kind: str, items: list[dict]) -> None:
         payload = json.dumps(items, separators=(",", ":")).encode()
@@ -288,15 +291,15 @@ class _HttpSink:
                 if r.status_code in (202, 207, 422):
                     return self._result(kind, items, r)
                 if r.status_code != 503:
-                    print(f"{kind} batch failed: HTTP {r.status_code} {r.text[:300]}", file=sys.stderr)
+                    self.log(f"{kind} batch failed: HTTP {r.status_code} {r.text[:300]}")
                     self.failed_batches += 1
                     return
                 wait, why = _retry_after(r), "HTTP 503"
             if time.monotonic() + wait > deadline:
-                print(f"{kind} batch failed after {attempt} attempts: {why}", file=sys.stderr)
+                self.log(f"{kind} batch failed after {attempt} attempts: {why}")
                 self.failed_batches += 1
                 return
-            print(f"{why}; retrying the same {kind} batch in {wait:g}s", file=sys.stderr)
+            self.log(f"{why}; retrying the same {kind} batch in {wait:g}s")
             time.sleep(wait)
 
     def _result(self, kind: str, items: list[dict], r: httpx.Response) -> None:
@@ -308,17 +311,17 @@ class _HttpSink:
             self.failed_batches += 1
         for rej in rejected[:10]:
             eid = items[rej["index"]].get("event_id") if 0 <= rej["index"] < len(items) else None
-            print(f"rejected {kind} {eid}: {rej['field']} {rej['code']}: {rej['reason']}", file=sys.stderr)
+            self.log(f"rejected {kind} {eid}: {rej['field']} {rej['code']}: {rej['reason']}")
         if len(rejected) > 10:
-            print(f"... and {len(rejected) - 10} more rejections in this batch", file=sys.stderr)
+            self.log(f"... and {len(rejected) - 10} more rejections in this batch")
 
     def close(self) -> int:
         self.flush()
         self.client.close()
         took = time.monotonic() - self.started
-        print(f"done: {self.sent['event']}/{self.total} events and {self.sent['label']} labels accepted in "
-              f"{took:.1f}s ({self.sent['event'] / max(took, 1e-9):.0f} ev/s); {self.rejected} rejected, "
-              f"{self.failed_batches} failed batches", file=sys.stderr)
+        self.log(f"done: {self.sent['event']}/{self.total} events and {self.sent['label']} labels accepted in "
+                 f"{took:.1f}s ({self.sent['event'] / max(took, 1e-9):.0f} ev/s); {self.rejected} rejected, "
+                 f"{self.failed_batches} failed batches")
         return 1 if self.failed_batches or self.rejected else 0
 
 
@@ -363,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             if out is not sys.stdout:
                 out.close()
         return 0
-    sink = _HttpSink(args.ingest_url, max(1, args.batch), cfg.events)
+    sink = HttpSink(args.ingest_url, max(1, args.batch), cfg.events)
     try:
         for kind, body in stream:
             if args.rate and kind == "event":
