@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -21,13 +21,22 @@ KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
 
 
 class Broker:
-    """A real single-node Kafka started with deploy/kafka/kafka.sh on free ports and a temp data dir."""
+    """A real single-node Kafka started with deploy/kafka/kafka.sh on free ports and a temp data dir.
 
-    def __init__(self) -> None:
+    By default its listener is PLAINTEXT; `listener_protocol`, `extra_config` (a properties file
+    appended to the server config) and `format_args` (e.g. `--add-scram ...`) make a secured one
+    (kafka.sh's KAFKA_LISTENER_PROTOCOL, KAFKA_EXTRA_CONFIG, KAFKA_FORMAT_ARGS)."""
+
+    def __init__(self, listener_protocol: str = "PLAINTEXT", extra_config: Path | None = None,
+                 format_args: Sequence[str] = ()) -> None:
+        self.options = (listener_protocol, extra_config, tuple(format_args))
         self.port = free_port()
         self.data = Path(tempfile.mkdtemp(prefix="loopline-test-kafka."))
+        # Always set, so a KAFKA_EXTRA_CONFIG in the caller's environment cannot change a test broker.
         self.env = {**os.environ, "KAFKA_PORT": str(self.port), "KAFKA_CONTROLLER_PORT": str(free_port()),
-                    "KAFKA_DATA_DIR": str(self.data), "KAFKA_HEAP_OPTS": "-Xms128m -Xmx512m"}
+                    "KAFKA_DATA_DIR": str(self.data), "KAFKA_HEAP_OPTS": "-Xms128m -Xmx512m",
+                    "KAFKA_LISTENER_PROTOCOL": listener_protocol, "KAFKA_EXTRA_CONFIG": str(extra_config or ""),
+                    "KAFKA_FORMAT_ARGS": " ".join(format_args)}
 
     @property
     def bootstrap(self) -> str:
@@ -49,7 +58,7 @@ class Broker:
                 print(f"kafka.sh start failed, retrying on other ports:\n{reason}", file=sys.stderr)
                 subprocess.run([str(KAFKA_SH), "stop"], env=self.env, check=False, capture_output=True)
                 shutil.rmtree(self.data, ignore_errors=True)
-                self.__init__()  # fresh ports and data directory
+                self.__init__(*self.options)  # fresh ports and data directory
         raise AssertionError("unreachable")
 
     def stop(self) -> None:

@@ -58,7 +58,9 @@ async def ensure_topics(kafka: KafkaSettings, topics: Topics, names: Iterable[st
                         timeout_s: float = 60.0, partitions: Mapping[str, int] | None = None) -> list[str]:
     """Create the catalogue's topics that do not exist yet (all of them by default); return those
     created. `partitions` overrides the catalogue's count per name (runtime topics follow their tables)."""
-    wanted = list(names) if names is not None else topics.all()
+    # once each: a stream app that reads what it writes names a topic twice, and a create request
+    # naming a topic twice is refused whole (INVALID_REQUEST, "Duplicate topic name")
+    wanted = list(dict.fromkeys(names)) if names is not None else topics.all()
     admin = AIOKafkaAdminClient(**kafka.client_kwargs())
     deadline = time.monotonic() + timeout_s
     while True:

@@ -10,6 +10,17 @@
 #
 # Environment: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_DATA_DIR
 # (deploy/kafka/.data), KAFKA_HEAP_OPTS (-Xms256m -Xmx1g), KAFKA_START_TIMEOUT (90 s).
+# A secured broker (all three unset: the PLAINTEXT broker above):
+#   KAFKA_LISTENER_PROTOCOL  security protocol of the client listener on KAFKA_PORT, which is also
+#                            the inter-broker listener (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL);
+#                            the controller listener is PLAINTEXT on loopback unless the extra
+#                            config maps it to another protocol (listener.security.protocol.map)
+#   KAFKA_EXTRA_CONFIG       a properties file appended to the generated server.properties (a key
+#                            given again there overrides the generated one): TLS material, SASL
+#                            mechanisms and JAAS, authorizer, ...
+#   KAFKA_FORMAT_ARGS        more arguments for the first storage format, split on blanks, e.g.
+#                            --add-scram SCRAM-SHA-512=[name=admin,password=...] (KRaft keeps SCRAM
+#                            credentials in its metadata log: the broker's own must exist before start)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -22,6 +33,9 @@ pidfile="$data/kafka.pid"
 logfile="$data/server.log"
 heap="${KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}"
 timeout="${KAFKA_START_TIMEOUT:-90}"
+proto="${KAFKA_LISTENER_PROTOCOL:-PLAINTEXT}"
+extra_config="${KAFKA_EXTRA_CONFIG:-}"
+read -r -a format_args <<<"${KAFKA_FORMAT_ARGS:-}"  # read, not an unquoted $VAR: no glob expansion of [..]
 
 log() { echo "[kafka] $*" >&2; }
 
@@ -59,11 +73,11 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=$proto://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=$proto://127.0.0.1:$port
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=$proto
+listener.security.protocol.map=$proto:$proto,CONTROLLER:PLAINTEXT
 log.dirs=$data/logs
 num.partitions=3
 default.replication.factor=1
@@ -79,6 +93,10 @@ auto.create.topics.enable=false
 group.initial.rebalance.delay.ms=0
 log.retention.hours=168
 EOF
+  if [ -n "$extra_config" ]; then
+    { echo "# from $extra_config (KAFKA_EXTRA_CONFIG): overrides the above"; cat "$extra_config"; } \
+      >>"$data/server.properties"
+  fi
   cat >"$data/log4j2.properties" <<EOF
 status = warn
 appender.file.type = File
@@ -118,7 +136,7 @@ start() {
     local cluster_id
     cluster_id="$(run_java kafka.tools.StorageTool random-uuid)"
     run_java kafka.tools.StorageTool format -t "$cluster_id" \
-      -c "$data/server.properties" --ignore-formatted >>"$logfile" 2>&1
+      -c "$data/server.properties" --ignore-formatted ${format_args[@]+"${format_args[@]}"} >>"$logfile" 2>&1
   fi
   # A run that was killed leaves its lock file and maybe a half-written segment; Kafka
   # recovers both on start, so the data directory is reused as is.

@@ -22,6 +22,9 @@ from shared.spec import PipelineSpec, load_spec
 from shared.topics import Topics
 
 log = logging.getLogger(__name__)
+# What ingest reads (the raw bridge) and writes: the topics it creates when missing. Every service
+# creates its own, so each needs CREATE only on those (docs/architecture.md, "ACL layout").
+TOPICS = ("events.raw", "labels.raw", "events", "labels", "events.dlq")
 
 
 @dataclass
@@ -42,7 +45,7 @@ async def _supervise(ctx: IngestContext, stop: asyncio.Event) -> None:
     await ctx.publisher.connect(stop)
     if stop.is_set():
         return
-    await ensure_topics(s.kafka, ctx.topics)
+    await ensure_topics(s.kafka, ctx.topics, [ctx.topics[name] for name in TOPICS])
     bridge_task = None
     if ctx.bridge is not None:
         bridge_task = asyncio.create_task(ctx.bridge.run(ctx.topics.group("ingest", "raw"), stop))

@@ -28,7 +28,10 @@ async def test_every_topic_of_a_running_feature_worker_and_ingest_is_catalogued(
             changelogs = [n for n, spec in specs.items() if spec.name == "stream.changelog"]
             assert len(changelogs) == 2 and all(n.endswith((".entity-state.changelog", ".label-join.changelog"))
                                                 for n in changelogs)
-            assert set(topics.all()) - set(names) <= {topics["models"], topics["predictions"], topics["alerts"]}
+            # each service creates what it reads and writes: the model, prediction and alert topics
+            # are the trainer's, serving's and the monitor's
+            assert set(topics.all()) - set(names) == {topics[n] for n in (
+                "models", "predictions", "alerts", "subscriptions", "alerts.deliveries.dlq")}
             configs = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in changelogs])
             for response in configs:
                 for resource in response.resources:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from datetime import datetime
 
 import httpx
 import pytest
@@ -20,7 +19,7 @@ from shared.events import FeatureSnapshot, TrainingExample
 from shared.kafka import make_consumer, header_dict
 from shared.serialization import loads
 from tests.data import FRAUD, envelope, keyed, label, txn, wire
-from tests.reference import Reference, assert_same
+from tests.reference import check_snapshots, covers
 from tests.support import ServiceProcess, produce, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
@@ -50,57 +49,6 @@ async def topic_size(kafka, topic: str, partitions: int = 6) -> int:
         return sum(ends.values())
     finally:
         await consumer.stop()
-
-
-def covers(events: list[dict]):
-    """Stop condition for read_topic: every event has a snapshot (duplicates do not count twice)."""
-    wanted = {e["event_id"] for e in events}
-    seen: set[str] = set()
-    done = [0]
-
-    def check(records) -> bool:
-        for r in records[done[0]:]:
-            seen.add(loads(r.value)["event_id"])
-        done[0] = len(records)
-        return wanted <= seen
-    return check
-
-
-def check_snapshots(records, events: list[dict]) -> dict[str, dict]:
-    """Check every record against `FeatureSnapshot`, dedup by event_id (duplicates must be identical)
-    and compare with the pandas reference; returns the reference's features by event id."""
-    by_id: dict[str, dict] = {}
-    for r in records:
-        snap = wire(r.value, FeatureSnapshot)
-        seen = by_id.setdefault(snap["event_id"], snap)
-        assert seen["features"] == snap["features"], f"duplicate {snap['event_id']} differs"
-        assert r.key == snap["entity"].encode()
-    assert set(by_id) == {e["event_id"] for e in events}, "snapshots lost"
-    ref = Reference(FRAUD)
-    rows = {}
-    for e in events:
-        status, row, _ = ref.process(e["event_id"], ref_time(e), e["data"])
-        assert status == "new"
-        rows[(row["entity"], row["seq"])] = e
-    expected = {}
-    for (entity, seq), want in ref.snapshots().items():
-        e = rows[(entity, seq)]
-        snap = by_id[e["event_id"]]
-        expected[e["event_id"]] = want
-        try:
-            assert_same(snap["features"], want, e["event_id"])
-        except AssertionError as exc:
-            history = [(x["event_id"], x["data"]["ts"], by_id[x["event_id"]]["features"])
-                       for x in events if x["entity"] == entity]
-            dupes = [(r.partition, r.offset, loads(r.value)["event_id"]) for r in records
-                     if loads(r.value)["entity"] == entity]
-            raise AssertionError(f"{exc}\nentity {entity} history: {history}\nrecords: {dupes}") from None
-        assert snap["data"] == e["data"] and snap["occurred_at"] == e["occurred_at"]
-    return expected
-
-
-def ref_time(e: dict) -> float:
-    return datetime.fromisoformat(e["data"]["ts"]).timestamp()
 
 
 async def test_snapshots_equal_batch_recomputation_through_three_kill_9s(kafka, topics, worker, tmp_path):
