@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 
@@ -41,20 +42,30 @@ class Service:
     wait_ready: bool = True
 
 
-SERVICES = [
-    Service("ingest", "services.ingest", 8001, {"INGEST_PORT": "8001"}),
-    Service("features", "services.features", 8002, {
-        "FEATURES_PORT": "8002", "FEATURES_DATA_DIR": str(RUN / "features"),
-        "FEATURES_OFFLINE_URL": str(RUN / "offline")}),
-    Service("trainer", "services.trainer", 8003, {
-        "TRAINER_PORT": "8003", "TRAINER_DATA_DIR": str(RUN / "trainer"),
-        "TRAINER_ARTIFACT_URL": str(RUN / "artifacts")}),
-    # ready once a champion is loaded: the demo waits for it after training
-    Service("serving", "services.serving", 8004, {
-        "SERVING_PORT": "8004", "SERVING_DATA_DIR": str(RUN / "serving"), "SERVING_ARTIFACT_URL": str(RUN / "artifacts")},
-        wait_ready=False),
-    Service("monitor", "services.monitor", 8005, {"MONITOR_PORT": "8005", "MONITOR_DATA_DIR": str(RUN / "monitor")}),
-]
+PORTS = (8001, 8002, 8003, 8004, 8005)  # ingest, features, trainer, serving, monitor
+
+
+def local_services(ports: tuple[int, int, int, int, int] = PORTS, run: Path = RUN) -> list[Service]:
+    """The five services on `ports` (ingest, features, trainer, serving, monitor), their state under `run`."""
+    ingest, features, trainer, serving, monitor = (str(p) for p in ports)
+    return [
+        Service("ingest", "services.ingest", int(ingest), {"INGEST_PORT": ingest}),
+        Service("features", "services.features", int(features), {
+            "FEATURES_PORT": features, "FEATURES_DATA_DIR": str(run / "features"),
+            "FEATURES_OFFLINE_URL": str(run / "offline")}),
+        Service("trainer", "services.trainer", int(trainer), {
+            "TRAINER_PORT": trainer, "TRAINER_DATA_DIR": str(run / "trainer"),
+            "TRAINER_ARTIFACT_URL": str(run / "artifacts")}),
+        # ready once a champion is loaded: the demo waits for it after training
+        Service("serving", "services.serving", int(serving), {
+            "SERVING_PORT": serving, "SERVING_DATA_DIR": str(run / "serving"),
+            "SERVING_ARTIFACT_URL": str(run / "artifacts")}, wait_ready=False),
+        Service("monitor", "services.monitor", int(monitor), {
+            "MONITOR_PORT": monitor, "MONITOR_DATA_DIR": str(run / "monitor")}),
+    ]
+
+
+SERVICES = local_services()
 
 
 def say(msg: str) -> None:
@@ -167,16 +178,16 @@ def local_bootstrap() -> str:
 
 
 def start_services(base_env: dict[str, str], *, detach: bool = False, services: list[Service] | None = None,
-                   report=say) -> list[ServiceProcess]:
+                   report=say, log_dir: Path = RUN / "logs", ready_timeout: float = 60.0) -> list[ServiceProcess]:
     """Start the services in order, each up (and ready where it waits for that) before the next;
     `detach`: in their own sessions, so they outlive this process (`loopline up`). On a failure the
     ones started are stopped and SystemExit says which did not come up."""
-    (RUN / "logs").mkdir(parents=True, exist_ok=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
     procs: list[ServiceProcess] = []
     for svc in services or SERVICES:
         report(f"starting {svc.name} on :{svc.port}")
         proc = ServiceProcess(svc.module, {**base_env, **svc.env}, port=svc.port,
-                              log_path=RUN / "logs" / f"{svc.name}.log")
+                              log_path=log_dir / f"{svc.name}.log", ready_timeout=ready_timeout)
         procs.append(proc)
         try:
             proc.start(wait_ready=svc.wait_ready, detach=detach)
