@@ -26,8 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from deploy.local import RUN, kafka_running, local_bootstrap, services, start_kafka, start_services, stop_kafka, \
-    stop_services
+from deploy.local import RUN, kafka_running, local_bootstrap, start_kafka, start_services, stop_kafka, stop_services
 from deploy.procs import ServiceProcess
 from examples.fraud.loop import DRIFT_KINDS, LoopConfig, LoopRun, Moment, Urls, WebhookReceiver, load, loop_spec, \
     save, served_metric

@@ -1,35 +1,19 @@
-"""Run Loopline locally: Kafka, every service as a process, and the fraud example's traffic:
-events and labels through ingest, features, training, then live predictions through serving
-(forwarded to `events`), watched by the monitor.
-
-    python -m deploy.local [--events N] [--keep]      (what `make demo` runs)
-
-Logs go to .run/logs/<service>.log. Without --keep everything is stopped at the end;
-with --keep the services (and Kafka) stay up until Ctrl-C.
-
-The pieces (start and stop the local broker and the services, in the foreground or detached with
-their pids in .run/deployment.json) are functions that `loopline up` / `loopline down` share.
+"""Loopline on this machine: start and stop the local Kafka and the five services as processes, in the
+foreground (`make demo`, deploy/demo.py; the tests) or detached with their pids in .run/deployment.json
+(`loopline up` / `loopline down`). Logs go to .run/logs/<service>.log.
 """
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
 import os
 import subprocess
-import sys
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from datetime import UTC, datetime
-
-import httpx
+from pathlib import Path
 
 from deploy.procs import KAFKA_SH, ROOT, ServiceProcess, pid_running, stop_pid
-from shared.spec import load_spec
 
 RUN = ROOT / ".run"
-SPEC = ROOT / "examples" / "fraud" / "pipeline.yaml"
 STATE = RUN / "deployment.json"  # what `loopline up` started, for `loopline down` and `status`
 
 
@@ -42,27 +26,30 @@ class Service:
     wait_ready: bool = True
 
 
-def services(run: Path = RUN, ports: dict[str, int] | None = None) -> list[Service]:
-    """The five services with their data under `run`, on ports 8001-8005 unless `ports` says otherwise."""
-    port = {"ingest": 8001, "features": 8002, "trainer": 8003, "serving": 8004, "monitor": 8005, **(ports or {})}
+PORTS = (8001, 8002, 8003, 8004, 8005)  # ingest, features, trainer, serving, monitor
+
+
+def local_services(ports: tuple[int, int, int, int, int] = PORTS, run: Path = RUN) -> list[Service]:
+    """The five services on `ports` (ingest, features, trainer, serving, monitor), their state under `run`."""
+    ingest, features, trainer, serving, monitor = (str(p) for p in ports)
     return [
-        Service("ingest", "services.ingest", port["ingest"], {"INGEST_PORT": str(port["ingest"])}),
-        Service("features", "services.features", port["features"], {
-            "FEATURES_PORT": str(port["features"]), "FEATURES_DATA_DIR": str(run / "features"),
+        Service("ingest", "services.ingest", int(ingest), {"INGEST_PORT": ingest}),
+        Service("features", "services.features", int(features), {
+            "FEATURES_PORT": features, "FEATURES_DATA_DIR": str(run / "features"),
             "FEATURES_OFFLINE_URL": str(run / "offline")}),
-        Service("trainer", "services.trainer", port["trainer"], {
-            "TRAINER_PORT": str(port["trainer"]), "TRAINER_DATA_DIR": str(run / "trainer"),
+        Service("trainer", "services.trainer", int(trainer), {
+            "TRAINER_PORT": trainer, "TRAINER_DATA_DIR": str(run / "trainer"),
             "TRAINER_ARTIFACT_URL": str(run / "artifacts")}),
         # ready once a champion is loaded: the demo waits for it after training
-        Service("serving", "services.serving", port["serving"], {
-            "SERVING_PORT": str(port["serving"]), "SERVING_DATA_DIR": str(run / "serving"),
+        Service("serving", "services.serving", int(serving), {
+            "SERVING_PORT": serving, "SERVING_DATA_DIR": str(run / "serving"),
             "SERVING_ARTIFACT_URL": str(run / "artifacts")}, wait_ready=False),
-        Service("monitor", "services.monitor", port["monitor"], {
-            "MONITOR_PORT": str(port["monitor"]), "MONITOR_DATA_DIR": str(run / "monitor")}),
+        Service("monitor", "services.monitor", int(monitor), {
+            "MONITOR_PORT": monitor, "MONITOR_DATA_DIR": str(run / "monitor")}),
     ]
 
 
-SERVICES = services()
+SERVICES = local_services()
 
 
 def say(msg: str) -> None:
@@ -90,16 +77,16 @@ def local_bootstrap() -> str:
 
 
 def start_services(base_env: dict[str, str], *, detach: bool = False, services: list[Service] | None = None,
-                   report=say, logs: Path = RUN / "logs") -> list[ServiceProcess]:
+                   report=say, log_dir: Path = RUN / "logs", ready_timeout: float = 60.0) -> list[ServiceProcess]:
     """Start the services in order, each up (and ready where it waits for that) before the next;
     `detach`: in their own sessions, so they outlive this process (`loopline up`). On a failure the
     ones started are stopped and SystemExit says which did not come up."""
-    logs.mkdir(parents=True, exist_ok=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
     procs: list[ServiceProcess] = []
     for svc in services or SERVICES:
         report(f"starting {svc.name} on :{svc.port}")
         proc = ServiceProcess(svc.module, {**base_env, **svc.env}, port=svc.port,
-                              log_path=logs / f"{svc.name}.log")
+                              log_path=log_dir / f"{svc.name}.log", ready_timeout=ready_timeout)
         procs.append(proc)
         try:
             proc.start(wait_ready=svc.wait_ready, detach=detach)

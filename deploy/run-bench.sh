@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 deploy/with-kafka.sh bash -c '
   rc=0
-  for m in bench.busy_window bench.features bench.ingest bench.modeling bench.scoring bench.trainer bench.freshness bench.monitor; do
+  for m in bench.busy_window bench.features bench.ingest bench.modeling bench.scoring bench.trainer bench.freshness bench.monitor bench.sea_loop; do
     echo "== $m"
     .venv/bin/python -m "$m" || rc=1
   done

@@ -175,9 +175,10 @@ class Monitor:
         return out
 
     def _concept(self, name: str, version: int, row: Labelled) -> list[Alert]:
-        if self.detector is None or self.detector[0] != (name, version):
+        if self.detector is None or not self._one_learner(self.detector[0], (name, version)):
             self.detector = ((name, version), make_detector(self.spec))
         detector = self.detector[1]
+        self.detector = ((name, version), detector)
         detector.update(error_of(self.spec, row.predicted, row.label))
         key = fingerprint("concept_drift", "champion", self.spec.monitoring.concept_drift.detector)
         if detector.drift_detected:
@@ -200,6 +201,17 @@ class Monitor:
                                                                       "labelled predictions")
             return [resolved] if resolved else []
         return []
+
+    def _one_learner(self, old: tuple[str, int], new: tuple[str, int]) -> bool:
+        """Whether version `new` serves on with the learner of `old`: the same version, or a later
+        checkpoint of the same online model. An online model's versions learn on from one another, so
+        their errors are one stream; and an online champion publishes a version every
+        TRAINER_PUBLISH_EVERY_EXAMPLES, so a detector started afresh at each would rarely see enough
+        errors to find a drift. A batch retrain is a new fit: its errors start a new stream."""
+        if old == new:
+            return True
+        found = self.registry.get(*new)
+        return old[0] == new[0] and found is not None and found.evaluation == "prequential"
 
     def _error_estimate(self, detector: Any, name: str, version: int) -> float:
         """ADWIN's estimate of the error rate; Page-Hinkley and KSWIN have none, so the champion's

@@ -9,7 +9,7 @@ from datetime import datetime
 
 import pytest
 
-from deploy.local import services, start_services, stop_services
+from deploy.local import local_services, start_services, stop_services
 from examples.fraud.loop import DRIFT_KINDS, LoopConfig, LoopRun, Urls, WebhookReceiver, loop_spec, served_metric
 from tests.support import free_port
 
@@ -23,8 +23,8 @@ def loop(kafka_bootstrap, prefix, tmp_path):
     spec_path.write_text(loop_spec(config))
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "LOOPLINE_TOPIC_PREFIX": prefix,
            "LOOPLINE_SPEC_PATH": str(spec_path), "MONITOR_WEBHOOK_ALLOW": '["127.0.0.1"]'}
-    svcs = services(tmp_path, {name: free_port() for name in ("ingest", "features", "trainer", "serving", "monitor")})
-    procs = start_services(env, services=svcs, detach=True, report=print, logs=tmp_path / "logs")
+    svcs = local_services(tuple(free_port() for _ in range(5)), tmp_path)
+    procs = start_services(env, services=svcs, detach=True, report=print, log_dir=tmp_path / "logs")
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
     receiver = WebhookReceiver(secret)
     run = LoopRun(config, Urls(*(p.url for p in procs)), on_moment=lambda m: print(f"{m.at_s:7.1f}s {m.live_sent:6d} "

@@ -72,3 +72,26 @@ def test_a_far_future_record_is_refused_and_does_not_move_the_join_clock():
         monitor.on_example(view, {**ex, "event_id": "e2", "labelled_at": "2099-01-01T00:00:00+00:00"})
     assert refused.value.reason_code == "future" and monitor.clock == clock
     assert view.get(b"le1") is not None  # what waited is still there
+
+
+def test_an_online_champions_new_versions_feed_one_concept_drift_detector(tmp_path):
+    """Found by the SEA end-to-end run: the detector started afresh at every champion version, and an
+    online champion publishes one every few hundred examples, so a drift that doubled the error rate
+    went unseen. Checkpoints of one online model continue the detector; a batch retrain restarts it."""
+    from tests.data import model_version
+
+    base = model_version(FRAUD, str(tmp_path), None, name="m", version=1, stage="champion", library="river")
+
+    def run(evaluation: str) -> list:
+        monitor = _monitor()
+        for v in range(1, 31):
+            monitor.registry.apply(base.model_copy(update={"version": v, "evaluation": evaluation}))
+        alerts = []
+        for i in range(3000):  # a new version every 100 rows; errors 0.1 then 0.5 from row 1500
+            wrong = (i % 10 == 0) if i < 1500 else (i % 2 == 0)
+            entry = {"n": "m", "v": 1 + i // 100, "r": "champion", "s": 1.0, "d": True}
+            alerts += monitor._labelled(entry, {"y": 0 if wrong else 1})
+        return [a for a in alerts if a.kind == "concept_drift"]
+
+    assert run("prequential"), "no drift found across an online model's versions"
+    assert not run("holdout")  # each batch version saw a constant error rate
