@@ -33,7 +33,7 @@ from examples.fraud.loop import DRIFT_KINDS, LoopConfig, LoopRun, Moment, Urls, 
 
 STATE = RUN / "demo.json"
 RECEIVER_PORT = 8009
-STYLE = {"phase": "bold cyan", "champion": "bold green", "swap": "green", "alert": "bold red",
+STYLE = {"phase": "bold cyan", "champion": "bold green", "rejected": "yellow", "swap": "green", "alert": "bold red",
          "resolved": "bold green", "metric": "yellow", "webhook": "magenta"}
 
 
@@ -120,11 +120,12 @@ def main() -> int:
                 if done % 1000 == 0:
                     save(STATE, state)
 
-            run.run(resume_from=state["position"], progress=step)
+            run.run(resume_from=state["position"], progress=step, until=LoopRun.closed)
         state["position"] = run.position
         save(STATE, state)
-        with console.status("waiting for the drift alerts to resolve"):
-            run.settle(120, lambda r: bool(r.closed_alerts()))
+        if not run.closed():
+            with console.status("waiting for the drift alerts to resolve"):
+                run.settle(120, LoopRun.closed)
         report(console, run, receiver)
         if args.keep:
             console.print("running; Ctrl-C stops everything")

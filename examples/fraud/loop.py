@@ -56,7 +56,7 @@ class LoopConfig:
     warmup: int = 3000  # ~1.5 days unlabelled: the 24 h windows are full when labels start
     history: int = 3000
     before: int = 4000  # live events before the drift
-    after: int = 9000  # live events from the drift on
+    after: int = 16000  # live events from the drift on, at most (the run stops once the loop closed)
     label_delay_mean_s: float = 1800.0
     pace: float = 150.0  # live requests per second of wall time
     max_examples: int = 4000  # the spec's training window
@@ -188,6 +188,7 @@ class LoopRun:
         self._stop = threading.Event()
         self._watch: threading.Thread | None = None
         self.drift_sent_at: datetime | None = None  # when the first drifted event went to serving
+        self.rejected: set[str] = set()
         self.champions: list[str] = []  # "name vN" in the order they became champion
         self.firing: dict[str, dict[str, Any]] = {}
         self.metric_by_model: dict[str, float] = {}  # the live primary metric, latest per champion version
@@ -213,8 +214,9 @@ class LoopRun:
     # ------------------------------------------------------------------ sending
 
     def run(self, resume_from: int = 0, progress: Callable[[str, int, int], None] = lambda phase, done, total: None,
-            wait_champion_s: float = 300) -> None:
-        """Send the stream (from item `resume_from`), watching the services meanwhile."""
+            wait_champion_s: float = 300, until: Callable[[LoopRun], bool] | None = None) -> None:
+        """Send the stream (from item `resume_from`), watching the services meanwhile; after the drift,
+        stop early once `until(self)` holds (checked every 100 live events), e.g. `LoopRun.closed`."""
         cfg = self.config
         self._watch = threading.Thread(target=self._watch_loop, daemon=True, name="loop-watch")
         self._watch.start()
@@ -266,6 +268,9 @@ class LoopRun:
                         sink.flush()  # labels waiting go out before the pause
                         time.sleep(delay)
                     self._score(serving, index, body)
+                    if until is not None and index >= cfg.drift_at and paced % 100 == 0 and until(self):
+                        self.moment("phase", f"the loop closed: live traffic stops after {self.live_sent} events")
+                        break
                     if index % 50 == 0:
                         progress(phase, index - cfg.live_from, cfg.before + cfg.after)
                 self.position = item + 1
@@ -354,6 +359,11 @@ class LoopRun:
                 metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(found["metrics"].items()))
                 self.moment("champion", f"trainer: {name} is champion ({found['reason']}); holdout {metrics}",
                             model=name, metrics=found["metrics"], reason=found["reason"])
+        for v in models["versions"]:
+            name = f"{v['name']} v{v['version']}"
+            if v["stage"] == "rejected" and name not in self.rejected:
+                self.rejected.add(name)
+                self.moment("rejected", f"trainer: {name} rejected ({v['reason']})", model=name, reason=v["reason"])
         firing = {a["fingerprint"]: a for a in httpx.get(f"{self.urls.monitor}/v1/alerts", timeout=5).json()["firing"]}
         for key, a in firing.items():
             if key not in self.firing:
@@ -384,6 +394,11 @@ class LoopRun:
                 return True
             time.sleep(0.5)
         return until(self)
+
+    def closed(self) -> bool:
+        """The alerts the latest retrain answered have resolved and the monitor has a live metric for
+        the champion it produced."""
+        return bool(self.closed_alerts()) and self.champions[-1] in self.metric_by_model
 
     def drift_alerts(self) -> list[dict[str, Any]]:
         """The drift and performance alerts seen firing in this run (first sighting of each)."""
