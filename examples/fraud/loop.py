@@ -416,7 +416,11 @@ class LoopRun:
         promoted = max((i for i, m in enumerate(moments) if m.kind == "champion"), default=-1)
         fired = {m.data["alert"]["fingerprint"]: m.data["alert"] for m in moments[:promoted]
                  if m.kind == "alert" and m.data["alert"]["kind"] in DRIFT_KINDS}
-        resolved = {m.data["alert"]["fingerprint"] for m in moments[promoted:] if m.kind == "resolved"}
+        state: dict[str, str] = {}  # the latest of each: fired or resolved
+        for m in moments:
+            if m.kind in ("alert", "resolved"):
+                state[m.data["alert"]["fingerprint"]] = m.kind
+        resolved = {key for key, kind in state.items() if kind == "resolved"}
         return list(fired.values()) if fired and set(fired) <= resolved else []
 
     def summary(self) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from threadpoolctl import threadpool_limits
+
 from services.trainer.config import TrainerSettings
 from services.trainer.domain import (
     DRIFT_KINDS, Example, ExampleWindow, OnlineArtifact, OnlineTrainer, Publisher, data_range, gate, promotion,
@@ -230,7 +232,8 @@ class Trainer:
             X, y, t = self.window.snapshot()
             champion = self.registry.champion()
             load = None if champion is None else (lambda: self._load(champion))
-            result = await in_thread(train_batch, self.spec, self.vectorizer, X, y, t, load)
+            result = await in_thread(limited(train_batch, self.settings.fit_threads), self.spec, self.vectorizer,
+                                     X, y, t, load)
             versions: list[ModelVersion] = []
             for trained, stage, reason in gate(self.spec, result.trained, result.champion_metrics, champion):
                 if not trained.artifact:
@@ -292,6 +295,14 @@ class Trainer:
         for r in records:
             self.registry.apply(r)
         return self._records(records)
+
+
+def limited(fn: Callable[..., Any], threads: int) -> Callable[..., Any]:
+    """`fn` run with at most `threads` native (OpenMP, BLAS) threads, set in the thread that runs it."""
+    def run(*args: Any) -> Any:
+        with threadpool_limits(limits=threads):
+            return fn(*args)
+    return run
 
 
 def in_thread(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
