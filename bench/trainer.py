@@ -396,8 +396,9 @@ def fit_threads(n: int) -> contextlib.AbstractContextManager:
 
 
 def thread_env(n: int) -> dict[str, str]:
-    """The same limit for a process we start (read by the libraries in the trainer's retrain threads)."""
-    return {name: str(n) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")} if n else {}
+    """The same limit for a process we start (the trainer's own setting, and the libraries' variables)."""
+    names = ("TRAINER_FIT_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    return {name: str(n) for name in names} if n else {}
 
 
 def bare_fit(spec: PipelineSpec, w: Window, threads: int, trainer_pid: int) -> tuple[dict, Any]:
