@@ -22,12 +22,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from deploy.local import RUN, kafka_running, local_bootstrap, start_kafka, start_services, stop_kafka, stop_services
 from deploy.procs import ServiceProcess
+from shared.metrics import metric_samples, metric_value
 from examples.fraud.loop import DRIFT_KINDS, LoopConfig, LoopRun, Moment, Urls, WebhookReceiver, load, loop_spec, \
     save, served_metric
 
@@ -161,9 +163,15 @@ def report(console: Console, run: LoopRun, receiver: WebhookReceiver) -> None:
     fired = [a for a in receiver.alerts if a["status"] == "firing" and a["kind"] in DRIFT_KINDS]
     resolved = [a for a in receiver.alerts if a["status"] == "resolved" and a["kind"] in DRIFT_KINDS]
     failed = sum(1 for s in run.served if s.status != 200)
-    console.print(f"champions in order: {' → '.join(run.champions)}; {len(run.served)} live requests, {failed} failed; "
-                  f"webhook: {len(fired)} drift alerts fired and {len(resolved)} resolved, signatures verified "
-                  f"({receiver.refused} refused); the loop {'closed' if run.closed_alerts() else 'did not close'}; "
+    behind = sum(1 for s in run.served if s.replica_lag > 0) / max(1, len(run.served))
+    text = httpx.get(f"{run.urls.monitor}/metrics", timeout=5).text
+    compared = metric_value(text, "loopline_monitor_skew_compared_total") or 0
+    differing = sum(v for k, v in metric_samples(text, "loopline_monitor_skew_mismatches_total"))
+    console.print(f"champions in order: {' → '.join(run.champions)}; {len(run.served)} live requests, {failed} failed, "
+                  f"{behind:.1%} answered while serving's replica of the feature state was behind; "
+                  f"monitor: {compared:.0f} served vectors compared with the worker's snapshots, "
+                  f"{differing:.0f} feature values differed; webhook: {len(fired)} drift alerts fired and {len(resolved)} resolved, signatures verified "
+                  f"({receiver.refused} refused); the loop {'closed' if run.closed() else 'did not close'}; "
                   f"still firing: {len(run.drift_firing())}; drift at live event {cfg.before}")
 
 

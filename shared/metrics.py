@@ -51,6 +51,14 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
+def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of one metric in a Prometheus exposition text: (labels, value)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [(sample.labels, sample.value) for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name == name]
+
+
 def metric_value(text: str, name: str, **labels: str) -> float | None:
     """The value of one sample in a Prometheus exposition text (labels in any order), or None."""
     from prometheus_client.parser import text_string_to_metric_families

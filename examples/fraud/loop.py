@@ -36,10 +36,10 @@ from typing import Any
 
 import httpx
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from examples.fraud.generate import GeneratorConfig, HttpSink, generate, interleave
+from shared.metrics import metric_value
 
 SPEC_PATH = Path(__file__).resolve().parent / "pipeline.yaml"
 DRIFT_KINDS = ("data_drift", "prediction_drift", "concept_drift", "performance")
@@ -149,6 +149,7 @@ class Served:
     model: str = ""  # "name vN"
     score: float = math.nan
     label: int | None = None
+    replica_lag: int = 0  # feature-state changelog records serving had not applied when it answered
 
 
 @dataclass
@@ -297,7 +298,8 @@ class LoopRun:
         out = r.json()
         model = f"{out['model']['name']} v{out['model']['version']}"
         previous = next((s.model for s in reversed(self.served) if s.model), None)
-        self.served.append(Served(index, 200, model, float(out["score"])))
+        self.served.append(Served(index, 200, model, float(out["score"]),
+                                  replica_lag=int(out["staleness"]["replica_lag_records"])))
         if model != previous:
             self.moment("swap", f"serving answers with {model}" if previous is None
                         else f"serving swapped {previous} → {model} with no failed request",
@@ -342,12 +344,8 @@ class LoopRun:
     def poll(self) -> None:
         """One look at the features (counts), the trainer (champion) and the monitor (alerts, live metric)."""
         text = httpx.get(f"{self.urls.features}/metrics", timeout=5).text
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == "loopline_features_events_total" and sample.labels.get("outcome") == "new":
-                    self.counts["snapshots"] = sample.value
-                elif sample.name == "loopline_features_training_examples_total":
-                    self.counts["examples"] = sample.value
+        self.counts["snapshots"] = metric_value(text, "loopline_features_events_total", outcome="new") or 0
+        self.counts["examples"] = metric_value(text, "loopline_features_training_examples_total") or 0
         models = httpx.get(f"{self.urls.trainer}/v1/models", timeout=5).json()
         champion = models.get("champion")
         if champion:
