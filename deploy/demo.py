@@ -123,6 +123,7 @@ def main() -> int:
                     save(STATE, state)
 
             run.run(resume_from=state["position"], progress=step, until=LoopRun.closed)
+            progress.update(tasks["live"], total=run.live_sent, completed=run.live_sent)  # it may stop early
         state["position"] = run.position
         save(STATE, state)
         if not run.closed():
