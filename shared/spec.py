@@ -389,7 +389,9 @@ class DriftSpec(_Strict):
 
     method: Literal["psi", "ks", "chi2"] = "psi"
     threshold: float | None = Field(None, gt=0, description="Default: 0.2 for psi, a p-value of 0.01 for the tests")
-    reference_size: int = Field(5000, ge=100)
+    reference_size: int = Field(5000, ge=100, description=(
+        "data_drift: a batch version's reference statistics describe the latest this-many rows of its "
+        "training part (time order), the baseline the monitor compares live windows with"))
     window_size: int = Field(2000, ge=100, description="Predictions per live window (tumbling)")
 
     @property

@@ -246,7 +246,9 @@ def train_batch(spec: PipelineSpec, vectorizer: Vectorizer, X: np.ndarray, y: np
 
     trained = []
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="retrain-side") as side:
-        data = side.submit(data_statistics, vectorizer, X[:cut], y_fit)
+        # the reference: the latest reference_size rows of the training part (the monitor's baseline)
+        first = max(0, cut - spec.monitoring.data_drift.reference_size)
+        data = side.submit(data_statistics, vectorizer, X[first:cut], y_fit[first:])
         against = side.submit(champion_metrics)
         for candidate in spec.models:
             if candidate.library != "sklearn":

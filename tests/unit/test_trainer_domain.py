@@ -124,6 +124,16 @@ def test_online_learning_skips_what_a_checkpoint_covers_and_train_batch_evaluate
     with pytest.raises(ValueError, match="does not verify"):
         train_batch(SPEC, VEC, X, y, t, tampered)  # a champion that cannot be loaded fails the retrain
 
+    # monitoring.data_drift.reference_size below the training part: the reference describes its latest rows
+    small = parse_spec(re.sub(r"reference_size: \d+", "reference_size: 200", re.sub(
+        r"min_examples: \d+", "min_examples: 100", FRAUD_TEXT)))
+    result = train_batch(small, VEC, X, y, t, None)
+    logreg = next(r for r in result.trained if r.candidate.name == "logreg")
+    model = build_model(small.models[2], small).fit(X[:480], y_fit)
+    assert logreg.reference == reference_statistics(VEC, X[280:480], y_fit[280:],
+                                                    predict(model, "sklearn", "binary", X[480:]))
+    assert logreg.reference["rows"] == 200
+
 
 ONLINE_ONLY = re.sub(r"models:\n(  - .*\n)+", "models:\n  - {name: online_logreg, library: river, algorithm: "
                      "logistic_regression}\n", FRAUD_TEXT)
