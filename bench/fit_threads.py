@@ -1,11 +1,11 @@
 """Why the trainer fits with one native thread by default (TRAINER_FIT_THREADS): a scikit-learn
 HistGradientBoosting fit with 1 and with 2 OpenMP threads, on idle cores and while every core is
-busy with another process (as when Kafka and the other services run beside the trainer).
+busy with other processes (as when Kafka and the other services run beside the trainer).
 
-    .venv/bin/python -m bench.fit_threads [--rows N] [--iters K] [--repeat R]
+    .venv/bin/python -m bench.fit_threads [--rows N] [--iters K] [--repeat R] [--burners B]
 
 Each fit runs in a fresh process (OpenMP's thread count is fixed at its first use); the figure is the
-median wall time of R fits. Busy: one `while True` process per core for the duration.
+median wall time of R fits. Busy: B `while True` processes (default: one per core) for the duration.
 """
 from __future__ import annotations
 
@@ -39,11 +39,13 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=3200)
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--burners", type=int, default=0, help="busy processes (default: one per core)")
     args = ap.parse_args()
     cores = os.cpu_count() or 1
+    burners_n = args.burners or cores
     results: dict[tuple[str, int], float] = {}
     for load in ("idle", "busy"):
-        burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)] \
+        burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(burners_n)] \
             if load == "busy" else []
         try:
             time.sleep(0.5 if burners else 0)
@@ -55,7 +57,7 @@ def main() -> None:
                 b.kill()
                 b.wait()
     print(f"HistGradientBoosting fit, {args.rows} rows x 30, {args.iters} iterations, median of {args.repeat} "
-          f"({cores} cores)")
+          f"({cores} cores; busy: {burners_n} spinning processes)")
     print(f"{'cores':6s} {'1 thread':>10s} {'2 threads':>10s}")
     for load in ("idle", "busy"):
         print(f"{load:6s} {results[(load, 1)]:9.2f}s {results[(load, 2)]:9.2f}s")

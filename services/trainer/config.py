@@ -28,8 +28,8 @@ class TrainerSettings(StreamSettings):
                               "are deleted from the registry and their artifacts from the store")
     fit_threads: int = Field(
         1, ge=1, description="Native threads (OpenMP, BLAS) per batch fit. 1 by default: the trainer shares the "
-                             "machine with Kafka and the other services, and busy cores make OpenMP threads "
-                             "spin-wait (a 200-iteration HistGradientBoosting fit on 3,200 rows took 7.7 s with 2 "
-                             "threads and 0.9 s with 1 while both cores were busy). Raise it on a dedicated machine")
+                             "machine with Kafka and the other services, and on busy cores OpenMP threads spin-wait "
+                             "(bench.fit_threads: a fit taking 0.45 s on 2 idle cores took 31 s with 2 threads and "
+                             "3.5 s with 1 beside 4 busy processes). Raise it on cores the trainer has to itself")
     crash_after_artifact: bool = Field(
         False, description="Fault injection for tests: exit right after writing an artifact, before its record")
