@@ -65,6 +65,9 @@ def main() -> int:
     console = Console(highlight=False)
 
     state = None if args.fresh else load(STATE)
+    if state is not None and state.get("finished"):
+        console.print(f"the run in {STATE} finished; starting a fresh one")
+        state = None
     if state is None:
         reset_run_dir()
         state = fresh_state(args)
@@ -124,7 +127,7 @@ def main() -> int:
 
             run.run(resume_from=state["position"], progress=step, until=LoopRun.closed)
             progress.update(tasks["live"], total=run.live_sent, completed=run.live_sent)  # it may stop early
-        state["position"] = run.position
+        state["position"], state["finished"] = run.position, True
         save(STATE, state)
         if not run.closed():
             with console.status("waiting for the drift alerts to resolve"):
