@@ -146,8 +146,11 @@ class OnlineTrainer:
         x = self.vectorizer.river_x(example.features, example.data)
         for online in self.models.values():
             online.learn(self.task, x, example.label)
-        span = self.offsets.setdefault(partition, [offset, offset])
-        span[1] = offset + 1
+        span = self.offsets.get(partition)
+        if span is None:
+            self.offsets[partition] = [offset, offset + 1]
+        else:
+            span[1] = offset + 1
         self.pending += 1
 
     def due(self, every_examples: int, every_s: float) -> bool:
