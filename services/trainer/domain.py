@@ -66,17 +66,26 @@ def decode_example(spec: PipelineSpec, value: bytes | None) -> Example:
         raise Rejected("invalid_json", f"value is not valid JSON: {exc}") from None
     if not isinstance(record, dict):
         raise Rejected("invalid", "a TrainingExample record must be a JSON object")
-    for name, types in (("event_id", str), ("occurred_at", str), ("features", dict), ("data", dict)):
-        if not isinstance(record.get(name), types):
-            raise Rejected("invalid", f"'{name}' is missing or has the wrong type")
-    if "label" not in record:
-        raise Rejected("invalid", "'label' is missing")
+    get = record.get
+    event_id, occurred_at, features, data = get("event_id"), get("occurred_at"), get("features"), get("data")
+    if not (isinstance(event_id, str) and isinstance(occurred_at, str) and isinstance(features, dict)
+            and isinstance(data, dict) and "label" in record):
+        raise _invalid(record)
     try:
-        when = datetime.fromisoformat(record["occurred_at"])  # no offset: UTC (as shared.serialization)
-        t = (when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)).timestamp()
-        return Example(record["event_id"], t, record["features"], record["data"], encode_label(spec, record["label"]))
+        when = datetime.fromisoformat(occurred_at)
+        # no offset: UTC (as shared.serialization)
+        t = when.timestamp() if when.tzinfo is not None else when.replace(tzinfo=timezone.utc).timestamp()
+        return Example(event_id, t, features, data, encode_label(spec, record["label"]))
     except (ValueError, TypeError) as exc:
         raise Rejected("invalid", str(exc)) from None
+
+
+def _invalid(record: dict[str, Any]) -> Rejected:
+    """Why a TrainingExample record lacks what the trainer reads."""
+    for name, types in (("event_id", str), ("occurred_at", str), ("features", dict), ("data", dict)):
+        if not isinstance(record.get(name), types):
+            return Rejected("invalid", f"'{name}' is missing or has the wrong type")
+    return Rejected("invalid", "'label' is missing")
 
 
 def now_utc() -> datetime:
@@ -146,8 +155,11 @@ class OnlineTrainer:
         x = self.vectorizer.river_x(example.features, example.data)
         for online in self.models.values():
             online.learn(self.task, x, example.label)
-        span = self.offsets.setdefault(partition, [offset, offset])
-        span[1] = offset + 1
+        span = self.offsets.get(partition)
+        if span is None:
+            self.offsets[partition] = [offset, offset + 1]
+        else:
+            span[1] = offset + 1
         self.pending += 1
 
     def due(self, every_examples: int, every_s: float) -> bool:

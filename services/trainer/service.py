@@ -96,12 +96,16 @@ class Trainer:
         (`check_triggers`)."""
         if self.online.learned(partition, offset):
             return False
+        self.add(partition, offset, example)
+        return True
+
+    def add(self, partition: int, offset: int, example: Example) -> None:
+        """`take` for an example the caller has found not yet learned (`online.learned`)."""
         if self.online.active:
             self.online.learn(partition, offset, example)
         if self.batch:
             self.window.add(example)
         self.triggers.labels_since += 1
-        return True
 
     def check_triggers(self) -> None:
         """Wake the retrain task if a trigger is due or the first fit is (after a batch of examples)."""

@@ -29,13 +29,14 @@ class ExampleStream:
     def __call__(self, batch: Batch, tables: dict[str, BatchTable]) -> Output:
         out: list[OutRecord] = []
         trainer = self.trainer
-        spec, learned, take = trainer.spec, trainer.online.learned, trainer.take
+        spec, learned, add = trainer.spec, trainer.online.learned, trainer.add
         received = taken = skipped = 0
         for tp, messages in batch.items():
             received += len(messages)
             partition = tp.partition
             for msg in messages:
-                if learned(partition, msg.offset):
+                offset = msg.offset
+                if learned(partition, offset):  # before decoding: a replay after a restart skips cheaply
                     skipped += 1
                     continue
                 try:
@@ -44,7 +45,7 @@ class ExampleStream:
                     self.metrics.examples.labels(exc.code).inc()
                     out.append(dead_letter(self.topics["events.dlq"], msg, exc, SERVICE, exc.code))
                     continue
-                take(partition, msg.offset, example)
+                add(partition, offset, example)
                 taken += 1
         if taken:  # one increment per batch, not per example
             self.metrics.learned.inc(taken)

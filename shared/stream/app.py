@@ -7,9 +7,10 @@ A service declares tables and streams and hands over its HTTP app:
     app.stream("features", [topics["events"]], handle_events, tables=[state])
     app.serve(fastapi_app)
 
-`handle_events(batch, tables)` is a plain function: `batch` is `{TopicPartition: [faust Message]}`
-(the new records of one fetch, offset order per partition), `tables` maps the stream's table names
-to their `BatchTable` (read and written by explicit partition, `table.view(p)`); it returns the
+`handle_events(batch, tables)` is a plain function: `batch` is `{TopicPartition: [aiokafka
+ConsumerRecord]}` (the new records of one fetch, offset order per partition), `tables` maps the
+stream's table names to their `BatchTable` (read and written by explicit partition,
+`table.view(p)`); it returns the
 records to send (`list[OutRecord]`, or an `Output` with a callback for when they are
 acknowledged). The runtime then, in this order: produces the records (aiokafka's batch API);
 once the broker has acknowledged them, sends the batch's table writes to the changelog (records

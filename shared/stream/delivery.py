@@ -5,9 +5,9 @@ record before doing any work (the consumer races each delivery against a rebalan
 `wait_first`: four tasks and an `asyncio.wait`; then a channel queue, an Event, stream acks), and
 a table write ~350-480 µs (`send_soon`, a FutureMessage, a producer-buffer hop, a per-record
 callback writing the persisted offset). So the consumer here hands each fetch's records of a
-stream's topics to the runtime as one batch (`{TopicPartition: [Message, ...]}`, see
-`shared.stream.app`), and acks them (their offsets become committable) once the runtime says the
-batch's work is done, in delivery order. What stays faust's: the consumer group, rebalances,
+stream's topics to the runtime as one batch (`{TopicPartition: [ConsumerRecord, ...]}`: aiokafka's
+records as fetched, see `shared.stream.app`), and acks their offsets (they become committable) per
+batch, in delivery order, once the runtime says the batch's work is done. What stays faust's: the consumer group, rebalances,
 offset tracking and commits, table stores, changelog topics, recovery, standby replicas, timers.
 Topics without a stream (changelogs, standbys) take faust's own per-message path unchanged.
 
@@ -36,10 +36,13 @@ from typing import Any
 
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, Message
-from mode.utils.futures import maybe_async
+from aiokafka.structs import ConsumerRecord
+from faust.types import TP
+from faust.types.tuples import ack_lock
+from mode.utils.futures import maybe_async, notify
 
-Batch = dict[TP, list[Message]]
+Batch = dict[TP, list[ConsumerRecord]]  # the fetched records themselves: no faust Message per record
+Offsets = dict[TP, list[int]]  # a delivered batch's offsets, kept until it is acked (not its messages)
 
 
 class OutputStalled(RuntimeError):
@@ -100,8 +103,8 @@ class Consumer(faust_aiokafka.Consumer):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.batch_lock = asyncio.Lock()
-        # delivered batches not yet acked, oldest first: (output done, batch, consumer generation, since)
-        self.in_flight: deque[tuple[asyncio.Future[Any], Batch, int, float]] = deque()
+        # delivered batches not yet acked, oldest first: (output done, offsets, consumer generation, since)
+        self.in_flight: deque[tuple[asyncio.Future[Any], Offsets, int, float]] = deque()
         self.in_flight_records = 0
 
     def _new_consumer_thread(self) -> ConsumerThread:
@@ -152,15 +155,16 @@ class Consumer(faust_aiokafka.Consumer):
                 for tp, recs in records.items():
                     if active is not None and tp not in active and tp not in self._buffered_partitions:
                         continue
-                    messages = await self._unread(tp, recs)
+                    unread = await self._unread(tp, recs)
                     handler = handlers.get(tp.topic)
                     if handler is not None:
-                        if messages:
-                            batches.setdefault(handler, {})[tp] = messages
+                        if unread:
+                            batches.setdefault(handler, {})[tp] = unread
                         continue
-                    for message in messages:  # faust's own path (changelogs, standbys)
+                    for record in unread:  # faust's own path (changelogs, standbys)
                         if not self.flow_active or self.app.consumer_generation_id != generation:
                             break
+                        message = self._to_message(tp, record)
                         await self.wait_first(per_message(message), self.suspend_flow.wait())
                         self._read_offset[tp] = message.offset
                 for handler, batch in batches.items():
@@ -184,21 +188,21 @@ class Consumer(faust_aiokafka.Consumer):
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
 
-    async def _unread(self, tp: TP, records: list[Any]) -> list[Message]:
-        """The fetched records past the last one delivered, as faust Messages; offset gaps
-        (compaction, transaction markers) are recorded so that commits can pass them."""
+    async def _unread(self, tp: TP, records: list[ConsumerRecord]) -> list[ConsumerRecord]:
+        """The fetched records past the last one delivered; offset gaps (compaction, transaction
+        markers) are recorded so that commits can pass them."""
         last = self._read_offset[tp]
         acks = self.app.topics.acks_enabled_for(tp.topic)
-        messages = []
+        unread = []
         for record in records:
             offset = record.offset
             if last is not None and offset < last:
                 continue
             if last and offset - last > 1 and acks:
                 await self._add_gap(tp, last + 1, offset)
-            messages.append(self._to_message(tp, record))
+            unread.append(record)
             last = offset
-        return messages
+        return unread
 
     async def _deliver(self, handler: Deliver, batch: Batch, generation: int) -> None:
         """Run the handler; ack the batch when its output is acknowledged. Meanwhile the next batch
@@ -210,10 +214,13 @@ class Consumer(faust_aiokafka.Consumer):
             if not self.flow_active or self.app.consumer_generation_id != generation:
                 return  # a rebalance came first: faust re-reads these from the committed offsets
             done = asyncio.ensure_future(await handler(batch))
+            offsets: Offsets = {}
             for tp, messages in batch.items():
+                offsets[tp] = [message.offset for message in messages]
                 self._read_offset[tp] = messages[-1].offset
-            self.in_flight.append((done, batch, generation, time.monotonic()))
-            self.in_flight_records += sum(map(len, batch.values()))
+            # the messages themselves are not kept: a checkpoint's hold keeps thousands of batches in flight
+            self.in_flight.append((done, offsets, generation, time.monotonic()))
+            self.in_flight_records += sum(map(len, offsets.values()))
             done.add_done_callback(self._ack_done_batches)
 
     def oldest_in_flight_s(self) -> float:
@@ -223,10 +230,10 @@ class Consumer(faust_aiokafka.Consumer):
     def _ack_done_batches(self, _: asyncio.Future[Any]) -> None:
         """Ack finished batches in delivery order: a batch is acked only after every earlier one
         (faust's commit logic tolerates an ack gap right after the committed offset)."""
-        in_flight, ack = self.in_flight, self.ack
+        in_flight = self.in_flight
         while in_flight and in_flight[0][0].done():
-            done, batch, generation, _ = in_flight.popleft()
-            self.in_flight_records -= sum(map(len, batch.values()))
+            done, offsets, generation, _ = in_flight.popleft()
+            self.in_flight_records -= sum(map(len, offsets.values()))
             if done.cancelled() and (self.should_stop or self.app.should_stop):
                 in_flight.clear()  # stopping: what is in flight is not acked, and is read again after a restart
                 self.in_flight_records = 0
@@ -240,9 +247,25 @@ class Consumer(faust_aiokafka.Consumer):
                 return
             if self.app.consumer_generation_id != generation:
                 continue  # revoked meanwhile (revocation waits for in-flight batches: rare)
-            for messages in batch.values():
-                for message in messages:
-                    ack(message)
+            for tp, tp_offsets in offsets.items():
+                self._ack_offsets(tp, tp_offsets)
+
+    def _ack_offsets(self, tp: TP, offsets: list[int]) -> None:
+        """faust's `Consumer.ack` for one partition's offsets of a batch at once: they become
+        committable (the same bookkeeping, per batch instead of per message; batch-delivered messages
+        are never in faust's unacked set, and nothing reads their `acked` flag)."""
+        if not self.app.topics.acks_enabled_for(tp.topic):
+            return
+        with ack_lock:
+            committed = self._committed_offset[tp]
+            acked_index = self._acked_index[tp]
+            new = [offset for offset in offsets
+                   if (committed is None or offset >= committed) and offset not in acked_index]
+            if new:
+                acked_index.update(new)
+                self._acked[tp].extend(new)
+                self._n_acked += len(new)
+            notify(self._waiting_for_ack)
 
 
 class Producer(faust_aiokafka.Producer):

@@ -33,8 +33,8 @@ from shared.stream.settings import StreamSettings
 # sha256 (first 16 hex digits) of the source of every method shared.stream replaces, copies, wraps or
 # relies on, as reviewed with faust-streaming 0.15.3, mode-streaming 0.7.1, aiokafka 0.14.0, uvicorn 0.54.0.
 REVIEWED = {
-    # batch delivery (delivery.Consumer): copies getmany/_drain_messages, calls _wait_next_records,
-    # ack, _add_gap; wraps revocation, assignment and pausing
+    # batch delivery (delivery.Consumer): copies getmany/_drain_messages, calls _wait_next_records and
+    # _add_gap, does ack's bookkeeping per batch (_ack_offsets); wraps revocation, assignment and pausing
     App.on_init_dependencies: "7621a70a9b01f93f",
     App._new_transport: "42db531312dd776f",
     Consumer._drain_messages: "44a2500309e83c63",
@@ -74,7 +74,8 @@ REVIEWED = {
 ATTRIBUTES = {
     Consumer: ["_read_offset", "_buffered_partitions", "_paused_partitions", "_commit_every", "_n_acked",
                "_stopped", "callback", "flow_active", "suspend_flow", "perform_seek", "wait_first",
-               "_to_message", "consumer_stopped_errors", "diag", "should_stop", "commit", "sleep"],
+               "_to_message", "consumer_stopped_errors", "diag", "should_stop", "commit", "sleep",
+               "_committed_offset", "_acked_index", "_acked", "_waiting_for_ack"],
     App: ["consumer_generation_id", "in_recovery", "rebalancing", "on_partitions_revoked", "task", "Table"],
 }
 
