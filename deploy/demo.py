@@ -19,7 +19,6 @@ import shutil
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,11 +26,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from deploy.local import RUN, kafka_running, local_bootstrap, start_kafka, start_services, stop_kafka, stop_services
+from deploy.local import RUN, kafka_running, local_bootstrap, read_json, start_kafka, start_services, stop_kafka, \
+    stop_services, write_json
 from deploy.procs import ServiceProcess
 from shared.metrics import metric_samples, metric_value
-from examples.fraud.loop import DRIFT_KINDS, LoopConfig, LoopRun, Moment, Urls, WebhookReceiver, load, loop_spec, \
-    save, served_metric
+from examples.fraud.loop import DRIFT_KINDS, LoopConfig, LoopRun, Moment, Urls, WebhookReceiver, loop_spec, served_metric
 
 STATE = RUN / "demo.json"
 RECEIVER_PORT = 8009
@@ -64,14 +63,14 @@ def main() -> int:
     args = parser.parse_args()
     console = Console(highlight=False)
 
-    state = None if args.fresh else load(STATE)
+    state = None if args.fresh else read_json(STATE)
     if state is not None and state.get("finished"):
         console.print(f"the run in {STATE} finished; starting a fresh one")
         state = None
     if state is None:
         reset_run_dir()
         state = fresh_state(args)
-        save(STATE, state)
+        write_json(STATE, state)
     else:
         console.print(f"[bold]resuming[/] the run in {STATE} (topics '{state['prefix']}'); "
                       "`make demo DEMO_ARGS=--fresh` starts over")
@@ -110,7 +109,7 @@ def main() -> int:
         if not state["subscribed"]:
             sub = run.subscribe(receiver.url, state["secret"], kinds=list(DRIFT_KINDS))
             state["subscribed"] = True
-            save(STATE, state)
+            write_json(STATE, state)
             console.print(f"subscribed the webhook receiver {receiver.url} to drift alerts ({sub['id']})")
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=False) as progress:
@@ -123,12 +122,12 @@ def main() -> int:
                 progress.update(tasks["status"], description=run.status())
                 state["position"] = run.position
                 if done % 1000 == 0:
-                    save(STATE, state)
+                    write_json(STATE, state)
 
             run.run(resume_from=state["position"], progress=step, until=LoopRun.closed)
             progress.update(tasks["live"], total=run.live_sent, completed=run.live_sent)  # it may stop early
         state["position"], state["finished"] = run.position, True
-        save(STATE, state)
+        write_json(STATE, state)
         if not run.closed():
             with console.status("waiting for the drift alerts to resolve"):
                 run.settle(120, LoopRun.closed)
@@ -145,7 +144,7 @@ def main() -> int:
         if run is not None:
             run.stop()
             state["position"] = run.position
-            save(STATE, state)
+            write_json(STATE, state)
         if receiver is not None:
             receiver.close()
         with console.status("stopping the services"):

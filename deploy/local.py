@@ -125,16 +125,29 @@ def up(prefix: str, *, kafka: bool = True, report=say) -> dict:
              "services": {svc.name: {"pid": proc.proc.pid, "module": svc.module, "port": svc.port,
                                      "url": proc.url, "log": str(proc.log_path)}
                           for svc, proc in zip(SERVICES, procs)}}
-    STATE.write_text(json.dumps(state, indent=2))
+    write_json(STATE, state)
     return state
 
 
 def read_state() -> dict | None:
     """What `loopline up` started (STATE), or None."""
+    return read_json(STATE)
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON state file's content, or None if it is missing or unreadable."""
     try:
-        return json.loads(STATE.read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write a JSON state file atomically (a temporary file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
 
 
 def down(*, keep_kafka: bool = False, report=say) -> list[str]:

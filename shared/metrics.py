@@ -61,10 +61,5 @@ def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
 
 def metric_value(text: str, name: str, **labels: str) -> float | None:
     """The value of one sample in a Prometheus exposition text (labels in any order), or None."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return None
+    return next((value for have, value in metric_samples(text, name)
+                 if all(have.get(k) == v for k, v in labels.items())), None)

@@ -23,12 +23,11 @@ drift alerts only, so that every retrain in the run is one the loop caused.
 """
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -150,6 +149,7 @@ class Served:
     score: float = math.nan
     label: int | None = None
     replica_lag: int = 0  # feature-state changelog records serving had not applied when it answered
+    event_id: str = ""
 
 
 @dataclass
@@ -281,25 +281,25 @@ class LoopRun:
             sink.client.close()
             serving.close()
         for s in self.served:
-            s.label = self._labels.get(f"fraud-{cfg.seed}-{s.index}")
+            s.label = self._labels.get(s.event_id)
 
     def _score(self, client: httpx.Client, index: int, event: dict[str, Any]) -> None:
         try:
             r = client.post("/v1/predict", params={"forward": "true"}, json=event)
         except httpx.TransportError as exc:
             self.log(f"serving: {type(exc).__name__}: {exc}")
-            self.served.append(Served(index, 0))
+            self.served.append(Served(index, 0, event_id=event["event_id"]))
             return
         self.live_sent += 1
         if r.status_code != 200:
             self.log(f"serving answered {r.status_code}: {r.text[:300]}")
-            self.served.append(Served(index, r.status_code))
+            self.served.append(Served(index, r.status_code, event_id=event["event_id"]))
             return
         out = r.json()
         model = f"{out['model']['name']} v{out['model']['version']}"
         previous = next((s.model for s in reversed(self.served) if s.model), None)
         self.served.append(Served(index, 200, model, float(out["score"]),
-                                  replica_lag=int(out["staleness"]["replica_lag_records"])))
+                                  replica_lag=int(out["staleness"]["replica_lag_records"]), event_id=event["event_id"]))
         if model != previous:
             self.moment("swap", f"serving answers with {model}" if previous is None
                         else f"serving swapped {previous} → {model} with no failed request",
@@ -420,25 +420,6 @@ class LoopRun:
                 state[m.data["alert"]["fingerprint"]] = m.kind
         resolved = {key for key, kind in state.items() if kind == "resolved"}
         return list(fired.values()) if fired and set(fired) <= resolved else []
-
-    def summary(self) -> dict[str, Any]:
-        return {"config": asdict(self.config), "moments": [asdict(m) for m in self.moments],
-                "champions": self.champions, "served": len(self.served),
-                "failed": sum(1 for s in self.served if s.status != 200)}
-
-
-def save(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
-
-
-def load(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def served_metric(run: LoopRun) -> list[tuple[str, str, tuple[int, float]]]:
