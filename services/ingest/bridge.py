@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.errors import KafkaError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
-from services.ingest.domain import DEFAULT_LIMITS, Limits, check_raw
+from services.ingest.domain import DEFAULT_LIMITS, Limits, check_raw_batch
 from services.ingest.metrics import IngestMetrics
 from services.ingest.publisher import Publisher
 from shared.errors import KafkaUnavailable
@@ -95,32 +95,26 @@ class RawBridge:
         Raises ConsumerStopped if asked to stop before the batch is acknowledged (it stays uncommitted)."""
         if not records:
             return
-        now = utcnow()
-        kinds, limits = self.kinds, self.limits
-        outcomes = [check_raw(self.validator, r, kinds[r.topic], now, limits)  # type: ignore[arg-type]
-                    for r in records]
+        checked = check_raw_batch(self.validator, records, self.kinds, utcnow(), self.limits)
         by_topic: dict[str, list] = {}
-        for o in outcomes:
-            if o.outgoing is not None:
-                by_topic.setdefault(self.targets[o.kind], []).append((o.outgoing.key, o.outgoing.value, None))
-            else:
-                assert o.error is not None
-                dlq = dead_letter(self.topics["events.dlq"], o.record, o.error, SERVICE, o.error.reason_code)
-                by_topic.setdefault(dlq.topic, []).append((dlq.key, dlq.value, dlq.headers))
+        for kind, accepted in checked.accepted.items():
+            if accepted:
+                by_topic[self.targets[kind]] = [(key, value, None) for key, value in accepted]
+        for o in checked.rejected:
+            assert o.error is not None
+            dlq = dead_letter(self.topics["events.dlq"], o.record, o.error, SERVICE, o.error.reason_code)
+            by_topic.setdefault(dlq.topic, []).append((dlq.key, dlq.value, dlq.headers))
         self.health.batch_since = time.monotonic()
         try:
             await self._publish(by_topic)
         finally:
             self.health.batch_since = self.health.failing_since = None
         self.health.last_progress = time.monotonic()
-        counts = Counter(("accepted", o.kind, "") if o.outgoing is not None
-                         else ("rejected", o.kind, o.error.reason_code)  # type: ignore[union-attr]
-                         for o in outcomes)
-        for (what, kind, reason), n in counts.items():  # one label lookup per kind, not per record
-            if what == "accepted":
-                self.metrics.accepted.labels("kafka", kind).inc(n)
-            else:
-                self.metrics.rejected.labels("kafka", kind, reason).inc(n)
+        for kind, accepted in checked.accepted.items():
+            if accepted:
+                self.metrics.accepted.labels("kafka", kind).inc(len(accepted))
+        for (kind, reason), n in Counter((o.kind, o.error.reason_code) for o in checked.rejected).items():  # type: ignore[union-attr]
+            self.metrics.rejected.labels("kafka", kind, reason).inc(n)
 
     async def _publish(self, by_topic: dict[str, list]) -> None:
         """Produce every topic's records and wait for the acks; back off 0.2 s doubling to 5 s between

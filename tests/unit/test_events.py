@@ -76,9 +76,16 @@ def test_labels_typed_by_spec_and_deterministic_id():
 def test_derived_ids_are_stable():
     # The documented derivation, not a second call in the same process: a restarted ingest (another
     # process) must give a redelivered raw record the id it gave it before.
-    assert derived_event_id("t", 1, 5) == str(uuid.uuid5(_ID_NAMESPACE, "t:1:5"))
-    positions = [("t", 1, 5), ("t", 1, 6), ("t", 2, 5), ("u", 1, 5)]
-    assert len({derived_event_id(*p) for p in positions}) == len(positions)
+    assert derived_event_id("acme.events.raw", 1, 5) == "acme.events.raw:1:5"
+    long_topic = "t" * 125  # the text would pass the 128 characters of an event id
+    assert derived_event_id(long_topic, 1, 5) == str(uuid.uuid5(_ID_NAMESPACE, f"{long_topic}:1:5"))
+    assert derived_event_id("/data/x y.ndjson", 0, 3) == str(uuid.uuid5(_ID_NAMESPACE, "/data/x y.ndjson:0:3"))
+    positions = [("t", 1, 5), ("t", 1, 6), ("t", 2, 5), ("u", 1, 5), ("t", 11, 5), ("t", 1, 15)]
+    ids = {derived_event_id(*p) for p in positions}
+    assert len(ids) == len(positions)
+    for eid in ids | {derived_event_id(long_topic, 1, 5)}:
+        Event.model_validate({"event_id": eid, "type": "t", "occurred_at": NOW, "ingested_at": NOW,
+                              "source": "kafka", "data": {}})
 
 
 def test_catalogue_prefixing_and_unknown_topics():
