@@ -85,7 +85,8 @@ TRAPS = [
     with_(event_id="abc\n"), with_(event_id=""), with_(event_id="a" * 129), with_(event_id="a b"),
     with_(amount=True), with_(amount="5"), with_(amount=50000.0001), with_(amount=None), with_(amount=...),
     with_(user_id="😀" * 65), with_(country=1), with_(channel="POS"),
-    with_(extra=1), with_(ts="2026-01-01T00:00:00.1234567Z"), with_(ts="2026-01-01T00:00:00.9999999Z"),
+    with_(extra=1), with_(ts="2026-01-01T00:00:00.1234567890Z"), with_(ts="2026-01-01T00:00:00.Z"),
+    with_(ts="20260101T000000Z"), with_(ts="2026-W01-1T00:00:00Z"), with_(ts="2026-01-01T24:00:00Z"),
     with_(ts="2026-01-01t00:00:00z"), with_(ts="2026-01-01 00:00:00Z"), with_(ts="2026-01-01T00:00Z"),
     with_(ts="2026-01-01T00:00:00+02:00"), with_(ts="2026-01-01T00:00:00-00:00"), with_(ts="2026-01-01T00:00:00"),
     with_(ts="2026-01-01T23:59:60Z"), with_(ts="2026-02-30T00:00:00Z"), with_(ts="9999-12-31T23:59:59Z"),
@@ -104,6 +105,7 @@ SAME = [
     with_(amount=50000), with_(amount=1e-320), with_(user_id="é" * 64), with_(user_id="😀" * 64), with_(user_id=""),
     with_(user_id="\u0000\u001f\"\\/\u2028"), with_(ts="2026-01-01T00:00:00Z"), with_(ts="2026-01-01T00:00:00+00:00"),
     with_(ts="2026-12-03T03:05:00.123456Z"), with_(ts="0001-01-01T00:00:00Z"), with_(ts="2026-01-01T00:00:00.000Z"),
+    with_(ts="2026-01-01T00:00:00.1234567Z"), with_(ts="2026-01-01T00:00:00.999999999Z"),  # both truncate
     b'{"user_id":"u1","user_id":"u2","amount":1,"merchant_category":"fuel","country":"DE","channel":"pos","ts":"2026-01-01T00:00:00Z"}',
     b' {"amount":1.0E2,"merchant_category":"fuel","country":"DE","channel":"pos","ts":"2026-01-01T00:00:00Z","user_id":"u1"}\n',
 ]
@@ -133,7 +135,8 @@ _VALUES = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False), st.floats(min_value=-3, max_value=1002),
     st.sampled_from(["1", "2", "3.5", "low", "LOW", "1.0", 1.0, 3.5, 2, "", "abcde", "abcdef", "é😀",
                      "2026-12-03T02:00:00Z", "2026-12-03T02:00:00.5+00:00", "2026-12-03T02:00:00",
-                     "2026-12-03T04:00:00Z", "2026-12-03T02:00:00.1234567Z", "2026-12-03 02:00:00Z"]),
+                     "2026-12-03T04:00:00Z", "2026-12-03T02:00:00.1234567Z", "2026-12-03 02:00:00Z",
+                     "2026-12-03T02:00:00.Z", "2026-12-03T02:00:60Z", "2026-12-03T02:00:00,5Z"]),
     st.text(max_size=8),
 )
 _KEYS = st.sampled_from(["at", "seen", "n", "big", "x", "flag", "level", "note", "event_id", "other"])
