@@ -5,7 +5,7 @@ import pytest
 from aiokafka import ConsumerRecord
 
 from services.ingest.domain import (
-    NO_EVENTS, BadRequest, Limits, check_events, check_labels, check_raw, decode_body,
+    NO_EVENTS, BadRequest, Limits, check_events, check_labels, check_raw, check_raw_batch, decode_body,
 )
 from shared.events import Event, EventValidator, derived_event_id
 from shared.serialization import dumps
@@ -71,6 +71,30 @@ def test_raw_records_get_a_stable_id_or_a_reason():
     assert tomb.error.reason_code == "not_an_object"
     label = check_raw(V, _record(dumps({"event_id": "e1", "value": 3}), "labels.raw"), "label", NOW)
     assert label.error is not None and "binary label" in str(label.error)
+
+
+def test_a_raw_batch_keeps_its_order_whichever_path_each_record_takes():
+    # Canonical UTC events take the fast path, an offset time or a bad record the full one; a
+    # record too large for Kafka is refused by both. Per kind, the output is in input order and each
+    # record is what check_raw builds alone.
+    values = [dumps({**GOOD, "amount": 1.0}), dumps({**GOOD, "amount": 2, "ts": "2026-11-26T11:00:00+01:00"}),
+              b"{bad", dumps({**GOOD, "amount": 3.5, "event_id": "own-3"}),
+              dumps({"event_id": "e1", "value": True}), dumps({**GOOD, "amount": 4.0, "ts": "2026-11-26T10:00:00"}),
+              dumps({**GOOD, "merchant_category": "x"}), dumps({**GOOD, "amount": 6.0})]
+    topics = ["events.raw"] * 4 + ["labels.raw"] + ["events.raw"] * 3
+    records = [_record(v, t, offset=i) for i, (v, t) in enumerate(zip(values, topics))]
+    limits = Limits(max_record_bytes=4096)
+    batch = check_raw_batch(V, records, {"events.raw": "event", "labels.raw": "label"}, NOW, limits)
+    one_by_one = [check_raw(V, r, "label" if r.topic == "labels.raw" else "event", NOW, limits) for r in records]
+    for kind in ("event", "label"):
+        assert batch.accepted[kind] == [(o.outgoing.key, o.outgoing.value) for o in one_by_one
+                                        if o.kind == kind and o.outgoing is not None]
+    assert [wire(v, Event)["data"]["amount"] for _, v in batch.accepted["event"]] == [1.0, 2.0, 3.5, 4.0, 6.0]
+    assert [o.record.offset for o in batch.rejected] == [2, 6]
+    assert [wire(v, Event)["event_id"] for _, v in batch.accepted["event"]][2] == "own-3"
+    big = check_raw_batch(V, [_record(dumps({**GOOD, "user_id": "u" * 60}))], {"events.raw": "event"}, NOW,
+                          Limits(max_record_bytes=200))
+    assert big.accepted["event"] == [] and big.rejected[0].error.reason_code == "too_large"
 
 
 def test_no_records_is_one_clear_reason():
