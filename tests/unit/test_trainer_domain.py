@@ -41,11 +41,19 @@ def test_decode_refuses_what_the_trainer_cannot_use():
     for when, t in [("2026-01-01T02:00:00+02:00", 1767225600.0), ("2026-01-01T00:00:00", 1767225600.0),
                     ("2026-01-01T00:00:00Z", 1767225600.0)]:
         assert decode_example(SPEC, dumps({**loads(example(1, 0.0)), "occurred_at": when})).t == t
-    for bad, code in [(b"{", "invalid_json"), (b"[]", "invalid"), (dumps({"event_id": "x"}), "invalid"),
-                      (maybe, "invalid")]:
+    good = loads(example(1, 0.0))
+    no_label = dumps({k: v for k, v in good.items() if k != "label"})
+    for bad, code, says in [(b"{", "invalid_json", "not valid JSON"), (b"[]", "invalid", "object"),
+                            (dumps({"event_id": "x"}), "invalid", "occurred_at"), (maybe, "invalid", "maybe"),
+                            (None, "invalid", "tombstone"), (no_label, "invalid", "'label' is missing"),
+                            (dumps({**good, "label": None}), "invalid", ""),
+                            (dumps({**good, "event_id": 5}), "invalid", "event_id"),
+                            (dumps({**good, "features": [1]}), "invalid", "features"),
+                            (dumps({**good, "occurred_at": 1767225600}), "invalid", "occurred_at"),
+                            (dumps({**good, "occurred_at": "yesterday"}), "invalid", "yesterday")]:
         with pytest.raises(Rejected) as exc:
             decode_example(SPEC, bad)
-        assert exc.value.code == code
+        assert exc.value.code == code and says in str(exc.value)
 
 
 def test_the_window_keeps_the_newest_examples_once_each_in_time_order():
