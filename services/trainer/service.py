@@ -101,11 +101,22 @@ class Trainer:
 
     def add(self, partition: int, offset: int, example: Example) -> None:
         """`take` for an example the caller has found not yet learned (`online.learned`)."""
+        self.add_one(example)
+        self.added_run(partition, offset, offset, 1)
+
+    def add_one(self, example: Example) -> None:
+        """The stream handler's per-example half of `add` (learned and kept as soon as decoded, while the
+        example is fresh in the cache); `added_run` then does the bookkeeping once per partition and batch."""
         if self.online.active:
-            self.online.learn(partition, offset, example)
+            self.online.learn_one(example)
         if self.batch:
             self.window.add(example)
-        self.triggers.labels_since += 1
+
+    def added_run(self, partition: int, first: int, last: int, n: int) -> None:
+        """`n` examples of a partition, read from offsets `first`..`last`, went through `add_one`."""
+        if self.online.active:
+            self.online.learned_run(partition, first, last, n)
+        self.triggers.labels_since += n
 
     def check_triggers(self) -> None:
         """Wake the retrain task if a trigger is due or the first fit is (after a batch of examples)."""

@@ -29,11 +29,13 @@ class ExampleStream:
     def __call__(self, batch: Batch, tables: dict[str, BatchTable]) -> Output:
         out: list[OutRecord] = []
         trainer = self.trainer
-        spec, learned, add = trainer.spec, trainer.online.learned, trainer.add
+        spec, learned, add_one = trainer.spec, trainer.online.learned, trainer.add_one
         received = taken = skipped = 0
         for tp, messages in batch.items():
             received += len(messages)
             partition = tp.partition
+            n = 0
+            first = last = -1
             for msg in messages:
                 offset = msg.offset
                 if learned(partition, offset):  # before decoding: a replay after a restart skips cheaply
@@ -45,8 +47,14 @@ class ExampleStream:
                     self.metrics.examples.labels(exc.code).inc()
                     out.append(dead_letter(self.topics["events.dlq"], msg, exc, SERVICE, exc.code))
                     continue
-                add(partition, offset, example)
-                taken += 1
+                add_one(example)
+                if first < 0:
+                    first = offset
+                last = offset
+                n += 1
+            if n:
+                trainer.added_run(partition, first, last, n)
+                taken += n
         if taken:  # one increment per batch, not per example
             self.metrics.learned.inc(taken)
         if skipped:
