@@ -280,11 +280,16 @@ def _loopline_version() -> str:
 
 def package_versions() -> dict[str, str]:
     """Versions of python and the packages that train and load models (lineage of each version)."""
+    return dict(_package_versions())
+
+
+@functools.cache
+def _package_versions() -> tuple[tuple[str, str], ...]:  # worked out once: ~1 ms of metadata reads a call
     out = {"python": platform.python_version()}
     for dist in ("scikit-learn", "river", "numpy", "skops"):
         out[dist] = _version(dist) or "missing"
     out["loopline"] = _loopline_version()
-    return out
+    return tuple(out.items())
 
 
 @functools.cache

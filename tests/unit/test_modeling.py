@@ -299,6 +299,36 @@ def test_binary_holdout_metrics_equal_sklearn():
     assert holdout_metrics(BINARY, Y_BIN, binary_predictions())["accuracy"] == 0.7
 
 
+def _sklearn_binary(y, scores) -> dict[str, float]:
+    labels = (scores >= 0.5).astype(int)
+    with np.errstate(all="ignore"), __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("ignore")
+        out = {"log_loss": skm.log_loss(y, scores, labels=[0, 1]), "accuracy": skm.accuracy_score(y, labels),
+               "precision": skm.precision_score(y, labels, zero_division=np.nan),
+               "recall": skm.recall_score(y, labels, zero_division=np.nan),
+               "f1": skm.f1_score(y, labels, zero_division=np.nan)}
+        if len(set(y)) == 2:
+            out |= {"roc_auc": skm.roc_auc_score(y, scores), "pr_auc": skm.average_precision_score(y, scores)}
+    return {k: float(v) for k, v in out.items() if math.isfinite(v)}
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_binary_metrics_in_numpy_equal_sklearn_on_random_holdouts_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 3000))
+    y = (rng.random(n) < rng.choice([0.0, 0.02, 0.3, 0.5, 1.0])).astype(int)
+    scores = rng.random(n)
+    if seed % 3 == 0:  # coarse scores: many ties, across classes too
+        scores = np.round(scores, 1)
+    if seed % 4 == 1:  # the extremes log_loss clips
+        scores[: n // 3] = rng.choice([0.0, 1.0], n // 3)
+    got = holdout_metrics(BINARY, y, binary_predictions(scores))
+    want = _sklearn_binary(y, scores)
+    assert set(got) == set(want)
+    for name, value in want.items():
+        assert got[name] == pytest.approx(value, rel=1e-12, abs=1e-15), name
+
+
 def test_metrics_that_cannot_be_computed_are_left_out():
     ones = np.ones(4, dtype=int)
     got = holdout_metrics(BINARY, ones, binary_predictions(np.array([0.9, 0.2, 0.7, 0.4])))

@@ -66,6 +66,13 @@ def test_the_window_keeps_the_newest_examples_once_each_in_time_order():
     assert len(window) == 100 and list(t) == sorted(t) and t[0] == 10_000.0 - 249
     amount = Vectorizer(spec).columns.index("amount")
     assert sorted(X[:, amount]) == [float(i) for i in range(150, 250)]
+    # a snapshot is a copy: examples coming in while a retrain fits it leave it alone
+    kept = X.copy(), y.copy(), t.copy()
+    for i in range(250, 300):
+        window.add(decode_example(spec, example(i, 20_000.0 + i)))
+    assert np.array_equal(X, kept[0], equal_nan=True) and (y == kept[1]).all() and (t == kept[2]).all()
+    X2, _, t2 = window.snapshot()  # the next one reuses the buffers
+    assert X2.base is X.base and t2[-1] == 20_299.0 and sorted(X2[:, amount])[-1] == 299.0
 
 
 def test_holdout_split_is_the_latest_share():
