@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from services.features.app import create_app
-from shared.stream.worker import run
+from shared.stream.worker import run, use_uvloop
 
 
 def main() -> None:
+    use_uvloop()  # before anything creates an event loop
     app = create_app()
     run(app, outputs=app.output_topics)
 

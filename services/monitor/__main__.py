@@ -8,11 +8,12 @@ from services.monitor.config import MonitorSettings
 from shared.events import Alert
 from shared.kafka import ensure_topics, read_to_end
 from shared.registry import read_registry
-from shared.stream.worker import run
+from shared.stream.worker import run, use_uvloop
 from shared.topics import Topics
 
 
 def main() -> None:
+    use_uvloop()  # before anything creates an event loop
     settings = MonitorSettings()
     topics = Topics(settings.topic_prefix)
 

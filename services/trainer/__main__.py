@@ -7,11 +7,12 @@ from services.trainer.app import create_app
 from services.trainer.config import TrainerSettings
 from shared.kafka import ensure_topics
 from shared.registry import read_registry
-from shared.stream.worker import run
+from shared.stream.worker import run, use_uvloop
 from shared.topics import Topics
 
 
 def main() -> None:
+    use_uvloop()  # before anything creates an event loop
     settings = TrainerSettings()
     topics = Topics(settings.topic_prefix)
 

@@ -12,6 +12,8 @@ class TrainerMetrics:
                                 ["outcome"], registry=r)  # learned | skipped (before a checkpoint) | invalid | ...
         # the per-example outcomes' children, looked up once (labels() costs more than the increment)
         self.learned, self.skipped = self.examples.labels("learned"), self.examples.labels("skipped")
+        self.last_learned = Gauge("loopline_trainer_last_learned_timestamp_seconds",
+                                  "Unix time the trainer last took new examples (set once per batch)", registry=r)
         self.published = Counter("loopline_trainer_versions_total", "Model versions published, by library and stage",
                                  ["library", "stage"], registry=r)
         self.retrains = Counter("loopline_trainer_retrains_total", "Batch retrains, by trigger and outcome",

@@ -1,6 +1,7 @@
 """The trainer's stream handlers: training examples and alerts in, registry records out."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from services.trainer.domain import Rejected, decode_example
@@ -57,6 +58,7 @@ class ExampleStream:
                 taken += n
         if taken:  # one increment per batch, not per example
             self.metrics.learned.inc(taken)
+            self.metrics.last_learned.set(time.time())
         if skipped:
             self.metrics.skipped.inc(skipped)
         trainer.check_triggers()

@@ -47,10 +47,19 @@ class Worker(faust.Worker):
         gc.freeze()
 
 
+def use_uvloop() -> None:
+    """Make uvloop the event loop of this process (measured ~15% less CPU per event). A stream
+    service's main calls it first of all: faust takes its loop when the app is created, so a policy
+    set later (as `run` did until 2026-12-03) left every worker on asyncio's own loop."""
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def run(app: StreamApp, outputs: Sequence[str] = ()) -> None:
     """Create the app's topics (sources, `outputs`, changelogs), then run it until SIGTERM/SIGINT."""
     settings = app.settings
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())  # measured ~15% less CPU per event
+    if not isinstance(app.loop, uvloop.Loop):
+        log.warning("the stream app runs on %s, not uvloop: call use_uvloop() before creating the app",
+                    type(app.loop).__name__)
     configure_logging(app.service, settings.log_level)
     asyncio.run(app.create_topics(outputs))
     app.conf.datadir.mkdir(parents=True, exist_ok=True)
