@@ -9,6 +9,7 @@ from collections import defaultdict
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bench.common import event_loop_runner
 from bench.features.data import SPEC_PATH
 from bench.features.per_event import MemoryKV, new_store, process
 from services.features.domain import entity_key
@@ -23,9 +24,9 @@ from shared.topics import Topics
 
 def bare_loop_main(bootstrap: str, events_topic: str, out_prefix: str, group: str, total: int) -> None:
     """Child-process entry: consume -> compute -> produce -> await acks -> commit, per batch, until
-    `total` events were processed. Default asyncio loop, like the faust worker."""
+    `total` events were processed. uvloop, like the faust worker (shared.stream.worker.use_uvloop)."""
     os.environ["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
-    asyncio.run(_bare_loop(KafkaSettings(), events_topic, out_prefix, group, total))
+    event_loop_runner()(_bare_loop(KafkaSettings(), events_topic, out_prefix, group, total))
 
 
 async def _bare_loop(kafka: KafkaSettings, events_topic: str, out_prefix: str, group: str,

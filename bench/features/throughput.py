@@ -24,7 +24,7 @@ worker: `python -m services.features` (faust, offline writer off unless noted), 
   prefix's `events`; events/s from the first to the N-th snapshot on `features` (end offsets polled every 50 ms).
   "incl. join": until the worker's label-join table changelog also holds 3N records (its join stream reads
   snapshots.by-event and writes three table entries per snapshot: the join entry and its two expiry-index keys).
-bare loop: a separate process (multiprocessing spawn, default asyncio loop like the worker) on the same
+bare loop: a separate process (multiprocessing spawn, uvloop like the worker) on the same
   pre-produced topic: shared.kafka.make_consumer (own group, manual commit per batch, 1000 records/poll), per
   event services.features.domain.decode_event + process_event (the worker's functions, on a FeatureStore with
   the worker's cache sizes over a dict per partition) + 2 records (features, snapshots.by-event keyed by
